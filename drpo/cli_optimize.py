@@ -1,0 +1,9 @@
+"""`drpo optimize` (to be written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `optimize` command to the root app."""

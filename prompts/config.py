@@ -1,0 +1,179 @@
+"""Settings (environment, prefix ``DRPO_``) and the optional config file.
+
+Every environment variable drpo reads is a field of :class:`Settings`:
+
+====================  ==========================================================
+DRPO_HOME             data dir (store, runs, caches); default: the user data dir
+DRPO_CONFIG           path of a YAML/TOML config file (same as ``--config``)
+DRPO_API_KEYS         comma-separated client keys; when set, requests need one
+DRPO_HOST/DRPO_PORT   where ``drpo serve`` listens (127.0.0.1:8000)
+DRPO_BACKEND_URL      a single backend for every model (same as ``--backend``)
+DRPO_BACKEND_API_KEY  key sent to that backend
+DRPO_MAX_BODY_BYTES   request body limit (413 above it)
+DRPO_CONNECT_TIMEOUT  seconds to connect to a backend
+DRPO_READ_TIMEOUT     seconds to wait for backend bytes (504 after)
+DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
+DRPO_STORE_POLL_INTERVAL  seconds between checks for a new active version
+DRPO_LOG_LEVEL        logging level
+====================  ==========================================================
+
+The config file maps model ids to backends and per-model options::
+
+    backends:
+      local:
+        url: http://127.0.0.1:8001/v1
+        api_key_env: LOCAL_KEY        # key read from this env var (never stored in the file)
+        forward_client_auth: false    # forward the client's Authorization header instead
+    models:
+      my-base-model:
+        backend: local
+        mode: completion              # chat | completion
+        system_policy: merge          # merge | replace | client
+        k: 2                          # examples per request (overrides the artifact)
+    default_backend: local
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from platformdirs import user_data_dir
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from prompts.layout import SystemPolicy
+
+EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """The config file is missing, unreadable or invalid."""
+
+
+class BackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    forward_client_auth: bool = False
+    # Models this backend serves. Empty: discovered from its /v1/models.
+    models: list[str] = Field(default_factory=list)
+
+    @field_validator("url")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"backend url must start with http:// or https://, got {value!r}")
+        return value if value.endswith("/v1") else value + "/v1"
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env) or None
+        return None
+
+
+class ModelOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str | None = None
+    mode: Literal["chat", "completion"] | None = None
+    system_policy: SystemPolicy = "merge"
+    k: int | None = Field(default=None, ge=0, le=16)
+
+
+class RoleConfig(BaseModel):
+    """An optimizer role (selector, judge, optimizer) endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+
+
+class FileConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    models: dict[str, ModelOptions] = Field(default_factory=dict)
+    default_backend: str | None = None
+    roles: dict[Literal["selector", "judge", "optimizer"], RoleConfig] = Field(default_factory=dict)
+
+    def options_for(self, model: str) -> ModelOptions:
+        return self.models.get(model) or ModelOptions()
+
+
+def load_config_file(path: Path | None) -> FileConfig:
+    """Parse a YAML or TOML config file; ``None`` gives an empty config."""
+    if path is None:
+        return FileConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+    try:
+        return FileConfig.model_validate(data or {})
+    except ValueError as exc:
+        raise ConfigError(f"config file {path} is invalid: {exc}") from exc
+
+
+def _default_home() -> Path:
+    return Path(user_data_dir("drpo-proxy", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DRPO_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    config: Path | None = None
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend_url: str | None = None
+    backend_api_key: SecretStr | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    connect_timeout: float = 5.0
+    read_timeout: float = 600.0
+    models_cache_ttl: float = 60.0
+    store_poll_interval: float = 1.0
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    def file_config(self) -> FileConfig:
+        return load_config_file(self.config)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "llm-cache"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,149 @@
+"""The prompt layout shared by serving (proxy) and training (optimizer).
+
+One module builds what the model sees, so the optimizer scores exactly the layout the
+proxy will serve: training/serving skew is a bug.
+
+Chat layout::
+
+    system: <artifact system prompt>[\n\n<client system text>]   (one leading system message)
+    user: <example 1 query>
+    assistant: <example 1 answer>
+    ...                                                           (top-K examples, injected once)
+    <the client's conversation, system/developer messages removed>
+
+Examples go in as real user/assistant turns rather than inside the system text: small
+chat models imitate prior turns much more reliably than they follow instructions.
+
+Completion layout (base models without a chat template): one raw prompt made of the
+instructions, then ``# Query:`` / ``# Answer:`` blocks for each example and each turn of
+the conversation, the last answer opened with :data:`START_MARKER`; generation stops at
+:data:`END_MARKER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prompts.artifact import Artifact, Example
+from prompts.retrieval import BM25Index
+
+SystemPolicy = Literal["merge", "replace", "client"]
+SYSTEM_ROLES = frozenset({"system", "developer"})
+START_MARKER = "<START>"
+END_MARKER = "<END>"
+COMPLETION_STOP = [END_MARKER]
+
+Message = dict[str, Any]
+
+
+def content_text(content: Any) -> str:
+    """Plain text of an OpenAI message ``content`` (a string or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, Mapping) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return str(content)
+
+
+def latest_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+@dataclass(frozen=True)
+class PreparedArtifact:
+    """An artifact plus its retrieval index, built once and reused per request."""
+
+    artifact: Artifact
+    index: BM25Index
+
+    @classmethod
+    def build(cls, artifact: Artifact) -> PreparedArtifact:
+        return cls(artifact, BM25Index([e.query for e in artifact.examples]))
+
+    def select_examples(self, query: str, k: int | None = None) -> list[Example]:
+        count = self.artifact.retrieval.k if k is None else k
+        examples = self.artifact.examples
+        return [examples[i] for i in self.index.top_k(query, count)]
+
+
+def merge_system(ours: str, client_texts: Iterable[str], policy: SystemPolicy) -> str | None:
+    """The text of the single leading system message under a policy.
+
+    ``merge``: ours first, the client's after. ``replace``: ours only. ``client``: the
+    client's only (None when the client sent none).
+    """
+    theirs = [t for t in client_texts if t.strip()]
+    if policy == "replace":
+        return ours
+    if policy == "client":
+        return "\n\n".join(theirs) if theirs else None
+    return "\n\n".join([ours, *theirs]) if ours.strip() else ("\n\n".join(theirs) or None)
+
+
+def build_chat_messages(
+    prepared: PreparedArtifact,
+    messages: Sequence[Message],
+    policy: SystemPolicy = "merge",
+    k: int | None = None,
+) -> list[Message]:
+    """The client's conversation with our system prompt and examples injected once."""
+    system_texts = [content_text(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
+    rest = [m for m in messages if m.get("role") not in SYSTEM_ROLES]
+    out: list[Message] = []
+    system = merge_system(prepared.artifact.system_prompt, system_texts, policy)
+    if system is not None:
+        out.append({"role": "system", "content": system})
+    for example in prepared.select_examples(latest_user_text(messages), k):
+        out.append({"role": "user", "content": example.query})
+        out.append({"role": "assistant", "content": example.answer})
+    out.extend(rest)
+    return out
+
+
+def _answer_block(answer: str) -> str:
+    return f"# Answer:\n{START_MARKER}\n{answer}\n{END_MARKER}\n\n"
+
+
+def build_completion_prompt(
+    prepared: PreparedArtifact,
+    messages: Sequence[Message],
+    policy: SystemPolicy = "merge",
+    k: int | None = None,
+) -> str:
+    """A raw prompt for base models; complete it with ``stop=COMPLETION_STOP``."""
+    system_texts = [content_text(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
+    instructions = merge_system(prepared.artifact.system_prompt, system_texts, policy) or ""
+    parts = [f"# Instructions:\n{instructions.strip()}\n\n"] if instructions.strip() else []
+    for example in prepared.select_examples(latest_user_text(messages), k):
+        parts.append(f"# Query:\n{example.query}\n\n")
+        parts.append(_answer_block(example.answer))
+    for message in messages:
+        role = message.get("role")
+        text = content_text(message.get("content"))
+        if role == "user":
+            parts.append(f"# Query:\n{text}\n\n")
+        elif role == "assistant":
+            parts.append(_answer_block(text))
+    parts.append(f"# Answer:\n{START_MARKER}\n")
+    return "".join(parts)
+
+
+def strip_completion_answer(text: str) -> str:
+    """The answer text from a completion: everything before the end marker, trimmed."""
+    end = text.find(END_MARKER)
+    if end >= 0:
+        text = text[:end]
+    return text.strip()

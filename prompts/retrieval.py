@@ -1,0 +1,79 @@
+"""Local, model-free example retrieval.
+
+BM25 over the example *queries* (not answers: we want examples whose question looks
+like the user's). An index is built once per artifact and reused on every request,
+so scoring is a few dictionary look-ups per query term.
+
+The :class:`Retriever` protocol is the seam for embedding retrieval later.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Protocol
+
+_TOKEN = re.compile(r"[a-z0-9]+")
+# Very common words carry no signal for "which example looks like this question".
+_STOPWORDS = frozenset(
+    "a an the and or but if of to in on at for with by from as is are was were be been being do does did "
+    "i me my you your we our it its this that these those what which who whom how why when where can could "
+    "would should will shall may might must please tell give some any about into than then so not no".split()
+)
+
+
+def tokenize(text: str) -> list[str]:
+    return [t for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
+
+
+class Retriever(Protocol):
+    def top_k(self, query: str, k: int) -> list[int]:
+        """Indices of the k best documents, best first."""
+        ...
+
+
+class BM25Index:
+    """Okapi BM25 with the usual k1/b defaults.
+
+    Ties (including the all-zero case, when nothing overlaps) keep library order, so a
+    curated library can put its most generally useful examples first.
+    """
+
+    def __init__(self, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
+        self._k1 = k1
+        self._b = b
+        self._docs = [Counter(tokenize(d)) for d in documents]
+        self._lengths = [sum(c.values()) for c in self._docs]
+        n = len(self._docs)
+        self._avg_len = (sum(self._lengths) / n) if n else 0.0
+        df: Counter[str] = Counter()
+        for counts in self._docs:
+            df.update(counts.keys())
+        # BM25+ style idf floor keeps very common terms from going negative.
+        self._idf = {t: math.log(1.0 + (n - f + 0.5) / (f + 0.5)) for t, f in df.items()}
+        # term -> [(doc index, precomputed term weight)] so scoring touches only matching docs.
+        self._postings: dict[str, list[tuple[int, float]]] = {}
+        for i, counts in enumerate(self._docs):
+            norm = self._k1 * (1 - self._b + self._b * (self._lengths[i] / self._avg_len if self._avg_len else 0))
+            for term, tf in counts.items():
+                weight = self._idf[term] * tf * (self._k1 + 1) / (tf + norm)
+                self._postings.setdefault(term, []).append((i, weight))
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def scores(self, query: str) -> list[float]:
+        result = [0.0] * len(self._docs)
+        for term in set(tokenize(query)):
+            for i, weight in self._postings.get(term, ()):
+                result[i] += weight
+        return result
+
+    def top_k(self, query: str, k: int) -> list[int]:
+        if k <= 0 or not self._docs:
+            return []
+        scores = self.scores(query)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return order[:k]

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible alignment proxy. Imports ``prompts`` only."""
