@@ -123,7 +123,8 @@ def load_config_file(path: Path | None) -> FileConfig:
     try:
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from exc
+        kind = "TOML" if path.suffix == ".toml" else "YAML"
+        raise ConfigError(f"config file {path} is not valid {kind}: {exc}") from exc
     try:
         return FileConfig.model_validate(data or {})
     except ValueError as exc:
