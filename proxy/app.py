@@ -1,0 +1,175 @@
+"""The app factory: thin routes over :class:`proxy.serving.OpenAIServing`.
+
+Nothing is created at import time. :func:`create_app` validates the configuration and
+builds the routes; the lifespan opens the store (unless one was given), loads the artifact
+snapshot, creates the one shared upstream pool and discovery client, starts the snapshot
+poller, and closes all of it on shutdown.
+
+The hot routes (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``) are raw
+ASGI endpoints inside a Starlette app; the rest are ordinary Starlette handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from prompts.config import FileConfig, Settings
+from prompts.store import PromptStore
+from proxy.asgi import Receive, Scope, Send
+from proxy.auth import KeyChecker
+from proxy.errors import MethodNotAllowed, ProxyError, RouteNotFound, error_body
+from proxy.injection import Policies
+from proxy.metrics import CONTENT_TYPE_LATEST, Metrics
+from proxy.routing import Router, build_backends
+from proxy.serving import OpenAIServing
+from proxy.snapshot import ArtifactSnapshot
+from proxy.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[OpenAIServing, Scope, Receive, Send], Awaitable[None]]
+
+
+class _Holder:
+    """Filled by the lifespan; routes exist before the serving objects do."""
+
+    serving: OpenAIServing | None = None
+    store: PromptStore | None = None
+
+
+class _RawEndpoint:
+    """A raw ASGI endpoint (a class instance, so Starlette does not wrap it in Request/Response)."""
+
+    def __init__(self, holder: _Holder, handler: Handler) -> None:
+        self._holder = holder
+        self._handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        serving = self._holder.serving
+        if serving is None:
+            raise RuntimeError("the proxy app is used outside its lifespan")
+        await self._handler(serving, scope, receive, send)
+
+
+def _error_response(exc: ProxyError) -> Response:
+    headers = dict(exc.headers)
+    if exc.status_code in (429, 503):
+        headers.setdefault("retry-after", "1")
+    return Response(error_body(exc), status_code=exc.status_code, media_type="application/json", headers=headers)
+
+
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _error_response(MethodNotAllowed(f"method {request.method} not allowed on {request.url.path}"))
+    if exc.status_code == 404:
+        return _error_response(RouteNotFound(f"no route for {request.method} {request.url.path}"))
+    error = ProxyError(str(exc.detail))
+    return Response(error_body(error), status_code=exc.status_code, media_type="application/json")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return _error_response(ProxyError("internal error in the proxy"))
+
+
+def create_app(
+    settings: Settings,
+    file_config: FileConfig | None = None,
+    store: PromptStore | None = None,
+) -> Starlette:
+    """Build the proxy app. Raises ``ValueError`` for an inconsistent configuration."""
+    file_config = file_config or FileConfig()
+    backends, default = build_backends(settings, file_config)
+    metrics = Metrics()
+    keys = KeyChecker([k.get_secret_value() for k in settings.api_keys])
+    holder = _Holder()
+
+    def serving() -> OpenAIServing:
+        if holder.serving is None:
+            raise RuntimeError("the proxy app is used outside its lifespan")
+        return holder.serving
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own_store = store is None
+        the_store = store if store is not None else PromptStore(settings.store_dir)
+        snapshot = ArtifactSnapshot(the_store, settings.store_poll_interval)
+        await asyncio.to_thread(snapshot.load_now)
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
+        )
+        upstream = Upstream(settings.connect_timeout, settings.read_timeout)
+        router = Router(backends, default, file_config, settings.models_cache_ttl, client)
+        holder.serving = OpenAIServing(
+            router, upstream, snapshot, Policies(file_config), metrics, keys, settings.max_body_bytes
+        )
+        holder.store = the_store
+        await router.refresh()  # warm the model lists; failures are recorded, not raised
+        poller = asyncio.create_task(snapshot.run())
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            holder.serving = None
+            await router.aclose()
+            await upstream.aclose()
+            await client.aclose()
+            if own_store:
+                the_store.close()
+
+    def check_key(request: Request) -> None:
+        keys.check(request.headers.get("authorization", "").encode() or None)
+
+    async def list_models(request: Request) -> Response:
+        check_key(request)
+        data = await serving().router.models()
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        errors = await serving().router.check()
+        ok = bool(errors) and all(e is None for e in errors.values())
+        body = {"status": "ready" if ok else "unavailable", "backends": {k: v or "ok" for k, v in errors.items()}}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"retry-after": "1"})
+
+    async def render_metrics(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    routes = [
+        Route("/v1/chat/completions", _RawEndpoint(holder, OpenAIServing.chat), methods=["POST"]),
+        Route("/v1/completions", _RawEndpoint(holder, OpenAIServing.completions), methods=["POST"]),
+        Route("/v1/embeddings", _RawEndpoint(holder, OpenAIServing.embeddings), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", render_metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ProxyError: _proxy_error, HTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.metrics = metrics
+    app.state.holder = holder
+    return app

@@ -1,0 +1,168 @@
+"""Exceptions of the proxy, each mapped to one OpenAI-shaped error response.
+
+    ProxyError                       every error a client can see (status, type, code)
+    ├── InvalidRequest        400    bad JSON, wrong schema
+    ├── Unauthorized          401    missing or unknown bearer token
+    ├── ModelNotFound         404    no configured backend serves the model
+    ├── RouteNotFound         404    unknown path
+    ├── MethodNotAllowed      405
+    ├── BodyTooLarge          413    body over ``max_body_bytes``
+    └── BackendError                 the backend failed us (also counted in metrics)
+        ├── BackendUnavailable    502  connection refused / dropped, protocol error
+        ├── BackendBusy           503  our connection pool to the backend is exhausted
+        ├── BackendTimeout        504  no bytes within ``read_timeout`` (or connect timeout)
+        └── UpstreamHTTPError     4xx/5xx passed through from the backend, reshaped
+
+:func:`error_body` is the single place that turns an exception into the wire shape
+``{"error": {"message", "type", "param", "code"}}``; the app's handler and the raw hot-path
+routes both go through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import orjson
+
+
+class ProxyError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    def error_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
+
+class InvalidRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class ModelNotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(ProxyError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(ProxyError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class BackendError(ProxyError):
+    """The backend failed; ``kind`` labels ``drpo_backend_errors_total``."""
+
+    kind: ClassVar[str] = "error"
+    type = "upstream_error"
+
+
+class BackendUnavailable(BackendError):
+    status = 502
+    code = "backend_unavailable"
+    kind = "connect"
+
+
+class BackendBusy(BackendError):
+    status = 503
+    code = "backend_busy"
+    kind = "pool"
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param, {"retry-after": "1", **(headers or {})})
+
+
+class BackendTimeout(BackendError):
+    status = 504
+    code = "backend_timeout"
+    kind = "timeout"
+
+
+class UpstreamHTTPError(BackendError):
+    """A 4xx/5xx from the backend, carried with the backend's own status and error fields."""
+
+    def __init__(self, status: int, error: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        super().__init__(str(error.get("message") or f"backend returned HTTP {status}"), headers=headers)
+        self._status = status
+        self._error = error
+
+    @property
+    def status_code(self) -> int:
+        return self._status
+
+    @property
+    def kind_label(self) -> str:
+        return f"http_{self._status}"
+
+    def error_dict(self) -> dict[str, Any]:
+        return self._error
+
+
+def error_kind(exc: BackendError) -> str:
+    return exc.kind_label if isinstance(exc, UpstreamHTTPError) else exc.kind
+
+
+def error_body(exc: ProxyError) -> bytes:
+    return orjson.dumps({"error": exc.error_dict()})
+
+
+def upstream_error(status: int, body: bytes, headers: dict[str, str] | None = None) -> UpstreamHTTPError:
+    """Reshape whatever error body a backend sent into OpenAI's error shape."""
+    message: Any = None
+    fields: dict[str, Any] = {}
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict):
+            fields = inner
+        elif isinstance(inner, str):
+            fields = {"message": inner}
+        else:
+            # vLLM / FastAPI style: fields at the top level, or {"detail": ...}.
+            fields = {k: data[k] for k in ("message", "type", "param", "code") if k in data}
+            if "detail" in data and "message" not in fields:
+                fields["message"] = (
+                    data["detail"] if isinstance(data["detail"], str) else orjson.dumps(data["detail"]).decode()
+                )
+    elif body:
+        message = body.decode("utf-8", "replace")[:2000]
+    error = {
+        "message": str(fields.get("message") or message or f"backend returned HTTP {status}"),
+        "type": fields.get("type") or ("invalid_request_error" if status < 500 else "upstream_error"),
+        "param": fields.get("param"),
+        "code": fields.get("code", status),
+    }
+    return UpstreamHTTPError(status, error, headers)

@@ -1,0 +1,319 @@
+"""The serving class behind the OpenAI routes: parse → route → inject → forward → relay.
+
+Routes in :mod:`proxy.app` are thin; all per-request work is here, written against raw
+ASGI so the hot path builds no Request/Response objects and parses the body once with
+orjson. Timing: ``overhead`` is everything between the request's arrival and our last
+response byte *except* the wait for the backend (send → backend's full body, or send →
+backend's headers for streams), which is what ``x-drpo-overhead-ms`` and
+``drpo_proxy_overhead_seconds`` report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import httpcore
+import orjson
+
+from proxy.asgi import (
+    ClientDisconnected,
+    DisconnectWatcher,
+    RawHeaders,
+    Receive,
+    Scope,
+    Send,
+    new_request_id,
+    read_body,
+    send_bytes,
+)
+from proxy.auth import KeyChecker
+from proxy.errors import (
+    BackendError,
+    InvalidRequest,
+    ProxyError,
+    error_body,
+    error_kind,
+    upstream_error,
+)
+from proxy.injection import Policies, check_messages, completion_body, inject_chat, parse_model
+from proxy.metrics import Metrics
+from proxy.routing import Backend, Router
+from proxy.snapshot import ArtifactSnapshot
+from proxy.streaming import (
+    DONE,
+    CompletionStreamTranslator,
+    EventSplitter,
+    completion_to_chat,
+    sse_data,
+)
+from proxy.upstream import Upstream, close_quietly, header_value, iter_raw, read_all
+
+logger = logging.getLogger(__name__)
+
+CHAT_PATH = b"/chat/completions"
+COMPLETIONS_PATH = b"/completions"
+EMBEDDINGS_PATH = b"/embeddings"
+NO_VERSION = "none"
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS: RawHeaders = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_PASSED_BACK = (b"openai-processing-ms", b"retry-after")
+
+
+@dataclass(slots=True)
+class _Call:
+    """What one request resolved to, carried from parsing to relaying."""
+
+    request_id: bytes
+    model: str  # metrics label: the model id once routed, "unknown" before
+    version: str
+    path: bytes
+    payload: bytes
+    stream: bool
+    translate: bool
+    include_usage: bool
+
+
+class OpenAIServing:
+    def __init__(
+        self,
+        router: Router,
+        upstream: Upstream,
+        snapshot: ArtifactSnapshot,
+        policies: Policies,
+        metrics: Metrics,
+        keys: KeyChecker,
+        max_body_bytes: int,
+    ) -> None:
+        self.router = router
+        self.upstream = upstream
+        self.snapshot = snapshot
+        self.policies = policies
+        self.metrics = metrics
+        self.keys = keys
+        self.max_body_bytes = max_body_bytes
+
+    # -- entry points -----------------------------------------------------------
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, inject=True, path=CHAT_PATH)
+
+    async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, inject=False, path=COMPLETIONS_PATH)
+
+    async def embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send, inject=False, path=EMBEDDINGS_PATH)
+
+    # -- the request ------------------------------------------------------------
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, *, inject: bool, path: bytes) -> None:
+        started = perf_counter()
+        headers = dict(scope["headers"])
+        request_id = headers.get(b"x-request-id") or new_request_id()
+        model, version = "unknown", NO_VERSION
+        watcher: DisconnectWatcher | None = None
+        try:
+            self.keys.check(headers.get(b"authorization"))
+            raw = await read_body(receive, self.max_body_bytes, headers.get(b"content-length"))
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+            name = parse_model(body)
+            bypass = headers.get(b"x-drpo-bypass") == b"1"
+            messages = check_messages(body) if inject and not bypass else None
+            backend = await self.router.resolve(name)
+            model = name
+            call = self._prepare(request_id, name, body, raw, path, messages)
+            version = call.version
+            watcher = DisconnectWatcher(receive)
+            await self._forward(call, backend, headers, send, started, watcher)
+        except ProxyError as exc:
+            if watcher is not None:
+                watcher.stop()
+            if isinstance(exc, BackendError):
+                self.metrics.backend_error(model, error_kind(exc))
+            await self._send_error(send, exc, request_id, version)
+            self._done(model, version, exc.status_code, started, perf_counter() - started)
+        except ClientDisconnected:
+            self._done(model, version, 499, started, perf_counter() - started)
+        except asyncio.CancelledError:
+            if watcher is None or not watcher.disconnected:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            self._done(model, version, 499, started, perf_counter() - started)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    def _prepare(
+        self,
+        request_id: bytes,
+        model: str,
+        body: dict[str, Any],
+        raw: bytes,
+        path: bytes,
+        messages: list[dict[str, Any]] | None,
+    ) -> _Call:
+        stream = body.get("stream") is True
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if messages is None:  # bypass or a pass-through endpoint: the bytes go as they came
+            return _Call(request_id, model, NO_VERSION, path, raw, stream, False, include_usage)
+        prepared = self.snapshot.get(model)
+        policy = self.policies.get(model)
+        mode = policy.mode or prepared.artifact.layout
+        if mode == "completion":
+            out, chars = completion_body(body, messages, prepared, policy)
+            path, translate = COMPLETIONS_PATH, True
+        else:
+            chars = inject_chat(body, messages, prepared, policy)
+            out, translate = body, False
+        self.metrics.injected_chars.observe(chars)
+        payload = orjson.dumps(out)
+        return _Call(request_id, model, prepared.artifact.version, path, payload, stream, translate, include_usage)
+
+    def _upstream_headers(self, backend: Backend, client: dict[bytes, bytes], call: _Call) -> RawHeaders:
+        headers: RawHeaders = [
+            (b"host", backend.endpoint.host_header),
+            _JSON,
+            (b"content-length", str(len(call.payload)).encode()),
+            (b"accept", b"text/event-stream" if call.stream else b"application/json"),
+            (b"x-request-id", call.request_id),
+        ]
+        auth = client.get(b"authorization") if backend.forward_client_auth else backend.auth_header
+        if auth is not None:
+            headers.append((b"authorization", auth))
+        return headers
+
+    async def _forward(
+        self,
+        call: _Call,
+        backend: Backend,
+        client_headers: dict[bytes, bytes],
+        send: Send,
+        started: float,
+        watcher: DisconnectWatcher,
+    ) -> None:
+        url = backend.endpoint.url(call.path)
+        sent = perf_counter()
+        headers = self._upstream_headers(backend, client_headers, call)
+        response = await self.upstream.send(b"POST", url, headers, call.payload)
+        try:
+            answered = perf_counter()
+            passed = [(k, v) for k, v in response.headers if k.lower() in _PASSED_BACK]
+            if response.status >= 400:
+                body = await read_all(response)
+                raise upstream_error(response.status, body, {k.decode(): v.decode() for k, v in passed})
+            content_type = header_value(response.headers, b"content-type") or b"application/json"
+            if call.stream and content_type.startswith(b"text/event-stream"):
+                await self._relay_stream(call, response, send, started, sent, answered, passed, watcher)
+                return
+            body = await read_all(response)
+            received = perf_counter()
+            if call.translate:
+                body = self._translated(body, call.model)
+                content_type = b"application/json"
+            watcher.stop()
+            overhead = (sent - started) + (perf_counter() - received)
+            headers = self._response_headers(call, overhead, passed)
+            headers.append((b"content-type", content_type))
+            await send_bytes(send, response.status, body, headers)
+            self._done(call.model, call.version, response.status, started, overhead)
+        finally:
+            await close_quietly(response)
+
+    @staticmethod
+    def _translated(body: bytes, model: str) -> bytes:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise upstream_error(502, body) from None
+        if not isinstance(data, dict):
+            raise upstream_error(502, body)
+        return orjson.dumps(completion_to_chat(data, model))
+
+    @staticmethod
+    def _response_headers(call: _Call, overhead: float, passed: RawHeaders) -> RawHeaders:
+        return [
+            (b"x-request-id", call.request_id),
+            (b"x-drpo-prompt-version", call.version.encode()),
+            (b"x-drpo-overhead-ms", f"{overhead * 1000:.3f}".encode()),
+            *passed,
+        ]
+
+    async def _relay_stream(
+        self,
+        call: _Call,
+        response: httpcore.Response,
+        send: Send,
+        started: float,
+        sent: float,
+        answered: float,
+        passed: RawHeaders,
+        watcher: DisconnectWatcher,
+    ) -> None:
+        splitter = EventSplitter()
+        translator = CompletionStreamTranslator(call.model, call.include_usage) if call.translate else None
+        overhead = (sent - started) + (perf_counter() - answered)
+        headers = self._response_headers(call, overhead, passed)
+        headers.extend(_SSE_HEADERS)
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        first = True
+        try:
+            async for chunk in iter_raw(response):
+                block = splitter.feed(chunk)
+                if not block:
+                    continue
+                if translator is not None:
+                    block = translator.translate(block)
+                if first and b"data:" in block:
+                    first = False
+                    self.metrics.first_token(call.model, perf_counter() - started)
+                if block:
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+            rest = splitter.pending
+            if rest.strip():
+                rest = translator.translate(rest + b"\n\n") if translator else rest + b"\n\n"
+                await send({"type": "http.response.body", "body": rest, "more_body": True})
+        except BackendError as exc:
+            # Headers are gone already: report the failure in-band, as OpenAI does.
+            self.metrics.backend_error(call.model, "disconnect" if exc.kind == "connect" else error_kind(exc))
+            logger.warning("backend stream for %s failed: %s", call.model, exc.message)
+            await send({"type": "http.response.body", "body": sse_data({"error": exc.error_dict()}), "more_body": True})
+        finally:
+            await close_quietly(response)
+        watcher.stop()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._done(call.model, call.version, response.status, started, overhead)
+
+    # -- errors and bookkeeping ---------------------------------------------------
+
+    async def _send_error(self, send: Send, exc: ProxyError, request_id: bytes, version: str) -> None:
+        headers: RawHeaders = [
+            (b"x-request-id", request_id),
+            (b"x-drpo-prompt-version", version.encode()),
+            _JSON,
+        ]
+        headers.extend((k.encode(), v.encode()) for k, v in exc.headers.items())
+        if exc.status_code in (429, 503) and "retry-after" not in exc.headers:
+            headers.append((b"retry-after", b"1"))
+        with contextlib.suppress(OSError):  # the client is gone; nothing to tell it
+            await send_bytes(send, exc.status_code, error_body(exc), headers)
+
+    def _done(self, model: str, version: str, status: int, started: float, overhead: float) -> None:
+        self.metrics.request_done(model, version, status, perf_counter() - started, overhead)
+
+
+__all__ = ["DONE", "OpenAIServing"]
