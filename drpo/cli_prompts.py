@@ -1,7 +1,223 @@
-"""`drpo prompts ...`: work on the artifact store (to be written)."""
+"""`drpo prompts ...`: inspect and change the artifact store.
+
+Every command opens the store at ``DRPO_HOME/store`` directly; the store's writes are
+transactional, so this is safe while ``drpo serve`` runs in another process (the proxy
+picks up a new active version on its own).
+
+Output is plain lines meant for people and for ``grep``/``awk``: ``list --versions``
+prints the version id as the first token of each line. Errors are one line on stderr
+with exit code 1.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import typer
+from pydantic import ValidationError
+
+from prompts.artifact import Artifact, Layout
+from prompts.config import ConfigError, get_settings
+from prompts.defaults import default_artifact
+from prompts.errors import InvalidArtifact, PromptsError
+from prompts.import_drpo import import_drpo_dir
+from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
 
 app = typer.Typer(help="Inspect and change stored prompt artifacts.", no_args_is_help=True)
+
+ACTIVE_MARK = "(active)"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+@contextmanager
+def _store() -> Iterator[PromptStore]:
+    """The configured store; every expected failure becomes a one-line error, exit 1."""
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        raise _fail(f"invalid DRPO_* environment: {exc.errors()[0].get('msg', exc)}") from exc
+    try:
+        with PromptStore(settings.store_dir) as store:
+            yield store
+    except (PromptsError, ConfigError) as exc:
+        raise _fail(str(exc)) from exc
+    except OSError as exc:
+        raise _fail(f"cannot use the store at {settings.store_dir}: {exc}") from exc
+
+
+def _short_time(iso: str) -> str:
+    # 2024-05-01T12:34:56.789+00:00 -> 2024-05-01T12:34:56Z; unknown formats pass through.
+    if len(iso) >= 19 and iso[10] == "T":
+        return iso[:19] + ("Z" if iso.endswith(("+00:00", "Z")) else "")
+    return iso or "-"
+
+
+def _scores_text(scores: dict[str, float]) -> str:
+    return ",".join(f"{name}={value:.2f}" for name, value in sorted(scores.items())) or "-"
+
+
+def format_version_line(info: VersionInfo) -> str:
+    """``VERSION  CREATED  METHOD  SCORES[  (active)]``: the version id is always first."""
+    line = f"{info.version}  {_short_time(info.created_at)}  {info.method}  {_scores_text(info.scores)}"
+    return f"{line}  {ACTIVE_MARK}" if info.active else line
+
+
+def format_artifact(artifact: Artifact, active: bool | None = None) -> str:
+    """A readable summary, then the system prompt and every example in full."""
+    prov = artifact.provenance
+    state = "" if active is None else (f" {ACTIVE_MARK}" if active else " (inactive)")
+    lines = [
+        f"model:       {artifact.model}",
+        f"version:     {artifact.version}{state}",
+        f"layout:      {artifact.layout}",
+        f"retrieval:   {artifact.retrieval.method}, k={artifact.retrieval.k}",
+        f"made by:     {prov.method}, created {_short_time(prov.created_at.isoformat())}",
+        f"parent:      {prov.parent_version or '-'}",
+        f"scores:      {_scores_text(dict(prov.scores))}",
+        f"examples:    {len(artifact.examples)}",
+        "",
+        "--- system prompt ---",
+        artifact.system_prompt,
+    ]
+    for number, example in enumerate(artifact.examples, 1):
+        lines += ["", f"--- example {number} ---", f"Q: {example.query}", "A: " + example.answer]
+    return "\n".join(lines)
+
+
+@app.command("list")
+def list_(
+    model: str | None = typer.Argument(None, help="Only this model id."),
+    versions: bool = typer.Option(False, "--versions", help="Every version of MODEL, one per line."),
+) -> None:
+    """Model ids with their active version, or (with --versions) every version of one model."""
+    with _store() as store:
+        if versions:
+            if model is None:
+                raise _fail("--versions needs a MODEL")
+            infos = store.versions(model)
+            if not infos:
+                raise _fail(f"model {model!r} has no stored versions")
+            for info in infos:
+                typer.echo(format_version_line(info))
+            return
+        models = [model] if model is not None else store.models()
+        if model is not None and model not in store.models():
+            raise _fail(f"model {model!r} has no stored versions")
+        for name in models:
+            typer.echo(f"{name}  {store.active_version(name) or '(none active)'}")
+
+
+@app.command()
+def show(
+    model: str = typer.Argument(..., help="Model id."),
+    version: str | None = typer.Option(None, "--version", "-v", help="Version id or unique prefix (default: active)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the raw artifact JSON."),
+) -> None:
+    """Show an artifact: summary, system prompt and examples."""
+    with _store() as store:
+        artifact = store.get(model, version)
+        active = store.active_version(model) == artifact.version
+    typer.echo(artifact.to_json().decode() if as_json else format_artifact(artifact, active))
+
+
+@app.command()
+def activate(
+    model: str = typer.Argument(..., help="Model id."),
+    version: str = typer.Argument(..., help="Version id or unique prefix."),
+) -> None:
+    """Make VERSION the one the proxy serves for MODEL."""
+    with _store() as store:
+        resolved = store.activate(model, version)
+    typer.echo(f"{model}: active version {resolved}")
+
+
+@app.command()
+def rollback(model: str = typer.Argument(..., help="Model id.")) -> None:
+    """Re-activate the version that was active before the current one."""
+    with _store() as store:
+        previous = store.active_version(model)
+        target = store.rollback(model)
+    typer.echo(f"{model}: rolled back from {previous} to {target}")
+
+
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="Model id."),
+    file: Path = typer.Argument(..., help="Output JSON file ('-' for stdout).", dir_okay=False),
+    version: str | None = typer.Option(None, "--version", "-v", help="Version id or prefix (default: active)."),
+) -> None:
+    """Write an artifact as JSON (atomically: never a half-written file)."""
+    with _store() as store:
+        artifact = store.get(model, version)
+    data = artifact.to_json() + b"\n"
+    if str(file) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        write_atomic(file, data)
+    except OSError as exc:
+        raise _fail(f"cannot write {file}: {exc.strerror or exc}") from exc
+    typer.echo(f"exported {model} {artifact.version} to {file}", err=True)
+
+
+def _report_import(store: PromptStore, artifact: Artifact, activate: bool) -> None:
+    known = {info.version for info in store.versions(artifact.model)}
+    is_new = artifact.version not in known
+    store.put(artifact, activate=activate)
+    status = "new version" if is_new else "already stored"
+    suffix = ", activated" if activate else ""
+    typer.echo(f"{artifact.model} {artifact.version} ({status}{suffix})")
+
+
+@app.command("import")
+def import_(
+    file: Path = typer.Argument(..., help="Artifact JSON file (e.g. from `drpo prompts export`).", dir_okay=False),
+    activate: bool = typer.Option(False, "--activate", help="Also make it the active version."),
+) -> None:
+    """Store an artifact file as a version of the model it names.
+
+    The version id is recomputed from the content, so an edited export becomes a new version.
+    """
+    with _store() as store:
+        try:
+            raw = file.read_bytes()
+        except OSError as exc:
+            raise InvalidArtifact(f"cannot read {file}: {exc.strerror or exc}") from exc
+        artifact = parse_artifact(raw, str(file))
+        _report_import(store, artifact, activate)
+
+
+@app.command("import-drpo")
+def import_drpo(
+    directory: Path = typer.Argument(..., help="Directory with the reference's output.json."),
+    model: str = typer.Option(..., "--model", "-m", help="Model id to store the artifact under."),
+    icl: Path | None = typer.Option(
+        None, "--icl", help="ICL_examples.json to use (default: DIR/ICL_examples.json if present)."
+    ),
+    layout: str = typer.Option("chat", "--layout", help="chat, or completion for base models."),
+    activate: bool = typer.Option(False, "--activate", help="Also make it the active version."),
+) -> None:
+    """Import a prompt released by the reference DRPO implementation (last search level + examples)."""
+    if layout not in ("chat", "completion"):
+        raise _fail(f"--layout must be chat or completion, not {layout!r}")
+    chosen: Layout = "completion" if layout == "completion" else "chat"
+    with _store() as store:
+        artifact = import_drpo_dir(directory, model, icl, chosen)
+        if not artifact.examples:
+            typer.echo("note: no ICL_examples.json found; the artifact has no examples (use --icl FILE)", err=True)
+        _report_import(store, artifact, activate)
+
+
+@app.command()
+def default(as_json: bool = typer.Option(False, "--json", help="Print the raw artifact JSON.")) -> None:
+    """Print the built-in default artifact (served for model ids without their own)."""
+    artifact = default_artifact()
+    typer.echo(artifact.to_json().decode() if as_json else format_artifact(artifact))

@@ -83,11 +83,11 @@ def merge_system(ours: str, client_texts: Iterable[str], policy: SystemPolicy) -
     """The text of the single leading system message under a policy.
 
     ``merge``: ours first, the client's after. ``replace``: ours only. ``client``: the
-    client's only (None when the client sent none).
+    client's only. None when the result would be empty (no system message at all).
     """
     theirs = [t for t in client_texts if t.strip()]
     if policy == "replace":
-        return ours
+        return ours if ours.strip() else None  # never send an empty system message
     if policy == "client":
         return "\n\n".join(theirs) if theirs else None
     return "\n\n".join([ours, *theirs]) if ours.strip() else ("\n\n".join(theirs) or None)

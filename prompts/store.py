@@ -17,6 +17,7 @@ cheap read instead of reloading every artifact.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ class VersionInfo:
     active: bool
     method: str
     scores: dict[str, float]
+    created_at: str = ""  # the artifact's provenance.created_at (ISO 8601)
 
 
 def parse_artifact(raw: bytes | str, source: str = "input") -> Artifact:
@@ -53,7 +55,17 @@ def parse_artifact(raw: bytes | str, source: str = "input") -> Artifact:
     except orjson.JSONDecodeError as exc:
         raise InvalidArtifact(f"{source} is not valid JSON: {exc}") from exc
     except ValidationError as exc:
-        raise InvalidArtifact(f"{source} is not a valid artifact: {exc}") from exc
+        raise InvalidArtifact(f"{source} is not a valid artifact: {validation_summary(exc)}") from exc
+
+
+def validation_summary(exc: ValidationError, limit: int = 3) -> str:
+    """A one-line account of a validation error (pydantic's own text spans many lines)."""
+    problems = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(part) for part in error.get("loc", ())) or "artifact"
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = len(exc.errors()) - limit
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
 
 
 class PromptStore:
@@ -109,7 +121,7 @@ class PromptStore:
 
     def _resolve_version(self, model: str, version: str) -> str:
         """Accept a unique prefix of a version id, like git does."""
-        known = [v["version"] for v in self._json(("versions", model), [])]
+        known = [str(v["version"]) for v in self._json(("versions", model), [])]
         if version in known:
             return version
         matches = [v for v in known if v.startswith(version)]
@@ -131,6 +143,7 @@ class PromptStore:
                     active=entry["version"] == active,
                     method=artifact.provenance.method,
                     scores=dict(artifact.provenance.scores),
+                    created_at=artifact.provenance.created_at.isoformat(),
                 )
             )
         return out
@@ -177,16 +190,21 @@ class PromptStore:
         self._cache.set(_GENERATION, self.generation() + 1)
 
     def rollback(self, model: str) -> str:
-        """Re-activate the version that was active before the current one."""
+        """Re-activate the version that was active before the current one.
+
+        Activations form a stack and a rollback pops it, so repeated rollbacks walk
+        further back (C → B → A) instead of toggling between the last two versions.
+        """
         with self._cache.transact():
             current = self.active_version(model)
             if current is None:
                 raise NothingToRollBack(f"model {model!r} has no active version to roll back from")
-            previous = [h["version"] for h in self._json(("history", model), []) if h["version"] != current]
-            # Walk history backwards: the last activation of a version other than the current one.
-            if not previous:
+            stack = _activation_stack(self._json(("history", model), []))
+            while stack and stack[-1] == current:
+                stack.pop()
+            if not stack:
                 raise NothingToRollBack(f"model {model!r} has no earlier active version")
-            target = previous[-1]
+            target = stack[-1]
             self._activate_locked(model, target, "rollback")
         return target
 
@@ -210,13 +228,34 @@ class PromptStore:
         return self.put(parse_artifact(raw, str(path)), activate=activate)
 
 
+def _activation_stack(history: list[dict[str, str]]) -> list[str]:
+    """Replay activations (push) and rollbacks (pop back to their target)."""
+    stack: list[str] = []
+    for entry in history:
+        version = entry["version"]
+        if entry.get("action") == "rollback" and stack:
+            stack.pop()
+            if stack and stack[-1] == version:
+                continue
+        if not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory and rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    # A unique temp name, so concurrent writers of the same path never share one.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 is too strict for an exported, shareable file
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
