@@ -1,0 +1,42 @@
+"""The settings of one optimization run (every ``drpo optimize`` flag that shapes the search)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from optimizer.prompts_text import INITIAL_SYSTEM_PROMPT
+from prompts.artifact import Layout
+
+# Output caps per role, chosen so the default run fits in an hour on SmolLM2-135M at
+# ~80 tokens/s (see `drpo optimize --dry-run`). Schemas also bound JSON string lengths.
+TARGET_MAX_TOKENS = 160
+SELECTOR_MAX_TOKENS = 160
+JUDGE_MAX_TOKENS = 300
+OPTIMIZER_MAX_TOKENS = 320
+
+
+class OptimizeConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    layout: Layout = "chat"
+    beam: int = Field(default=2, ge=1)
+    actions: int = Field(default=3, ge=1)
+    depth: int = Field(default=20, ge=0)
+    max_depth_increase: int = Field(default=10, ge=0)
+    optimizer_temperature: float = Field(default=0.2, ge=0, le=2)
+    initial_prompt: str = INITIAL_SYSTEM_PROMPT
+    seed: int = 0
+    icl_queries: int = Field(default=16, ge=0)
+    icl_iters: int = Field(default=5, ge=0)
+    val_size: int = Field(default=10, ge=0)
+    judge_samples: int = Field(default=1, ge=1)
+    concurrency: int = Field(default=4, ge=1)
+    max_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    k: int = Field(default=3, ge=0, le=16)
+    target_max_tokens: int = Field(default=TARGET_MAX_TOKENS, ge=1)
+    selector_max_tokens: int = Field(default=SELECTOR_MAX_TOKENS, ge=1)
+    judge_max_tokens: int = Field(default=JUDGE_MAX_TOKENS, ge=1)
+    optimizer_max_tokens: int = Field(default=OPTIMIZER_MAX_TOKENS, ge=1)
+    queries_source: str = "packaged seed set"

@@ -1,0 +1,141 @@
+"""Stage 1: turn seed queries into ideal (query, answer) examples.
+
+Per query: the target answers under the initial prompt (no examples yet); then up to
+``iters`` rounds of judge → optimizer rewrites the answer to fix every criticism →
+judge; the best-scoring answer is kept; a perfect score (every aspect 5) stops early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+from pydantic import BaseModel, Field
+
+from optimizer import prompts_text as text
+from optimizer.data import Query
+from optimizer.llm import Endpoint, LLMClient
+from optimizer.rewarding import Evaluation, Rewarder, Selection
+from optimizer.target import Candidate, Target
+
+ANSWER_MAX_CHARS = 1500
+
+
+class IclResult(BaseModel):
+    index: int
+    query: str
+    answer: str
+    reward: float | None
+    attempts: list[Evaluation] = Field(default_factory=list)
+    rewrite_failures: int = 0
+
+
+class _AnswerRewrite(BaseModel):
+    critique: str = ""
+    answer: str
+
+
+def answer_schema() -> dict[str, object]:
+    return {
+        "type": "object",
+        "properties": {
+            "critique": {"type": "string", "maxLength": 300},
+            "answer": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+        },
+        "required": ["critique", "answer"],
+        "additionalProperties": False,
+    }
+
+
+def stable_seed(*parts: object) -> int:
+    """A per-call seed derived from content, so parallel and sequential runs send the same requests."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 1_000_000
+
+
+def _perfect(evaluation: Evaluation) -> bool:
+    return evaluation.reward is not None and all(s.score >= 5 for s in evaluation.scores)
+
+
+def _better(new: Evaluation, best: Evaluation) -> bool:
+    if new.reward is None:
+        return False
+    return best.reward is None or new.reward > best.reward
+
+
+class ExampleOptimizer:
+    def __init__(
+        self,
+        llm: LLMClient,
+        target: Target,
+        rewarder: Rewarder,
+        optimizer: Endpoint,
+        base: Candidate,
+        iters: int,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> None:
+        self.llm = llm
+        self.target = target
+        self.rewarder = rewarder
+        self.optimizer = optimizer
+        self.base = base
+        self.iters = iters
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+
+    async def optimize(
+        self, index: int, query: Query, selection: Selection, on_done: Callable[[IclResult], None] | None = None
+    ) -> IclResult:
+        first = await self.target.answer(self.base, query.text)
+        best = await self.rewarder.judge(query, first, selection)
+        attempts = [best]
+        failures = 0
+        for round_ in range(self.iters):
+            if _perfect(best):
+                break
+            rewritten = await self._rewrite(query, best, round_)
+            if rewritten is None:
+                failures += 1
+                break  # the same request would come back from the cache: no point repeating it
+            evaluation = await self.rewarder.judge(query, rewritten, selection)
+            attempts.append(evaluation)
+            if _better(evaluation, best):
+                best = evaluation
+        result = IclResult(
+            index=index,
+            query=query.text,
+            answer=best.answer,
+            reward=best.reward,
+            attempts=attempts,
+            rewrite_failures=failures,
+        )
+        if on_done is not None:
+            on_done(result)
+        return result
+
+    async def _rewrite(self, query: Query, current: Evaluation, round_: int) -> str | None:
+        messages = [
+            {"role": "system", "content": text.ANSWER_REWRITE_SYSTEM},
+            {
+                "role": "user",
+                "content": text.ANSWER_REWRITE_USER.format(
+                    query=query.text, answer=current.answer or "(empty)", feedback=current.feedback()
+                ),
+            },
+        ]
+        params = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": stable_seed(self.seed, "icl", query.text, round_),
+        }
+
+        def non_empty(reply: _AnswerRewrite) -> str | None:
+            return None if reply.answer.strip() else "the answer is empty"
+
+        parsed = await self.llm.structured(
+            self.optimizer, messages, "answer_rewrite", answer_schema(), _AnswerRewrite, params, non_empty
+        )
+        return None if parsed.value is None else parsed.value.answer.strip()[:ANSWER_MAX_CHARS]
