@@ -1,9 +1,231 @@
-"""`drpo serve` (to be written)."""
+"""`drpo serve`: the proxy, in front of configured backends or the embedded one.
+
+Start-up order: settings and config file (errors: exit 2), the bind check (a
+non-loopback address needs client keys or ``--insecure``: exit 2), then, when no
+backend is configured anywhere, the embedded llama.cpp backend as a child process.
+The child is stopped on every way out (normal exit, Ctrl-C, SIGTERM, a crash in the
+proxy) because it lives in a ``with`` block and SIGTERM is turned into an exception.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import logging
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
 import typer
+from pydantic import SecretStr, ValidationError
+
+from drpo.embedded import EmbeddedBackend, EmbeddedBackendError
+from prompts.config import (
+    EMBEDDED_MODEL_ID,
+    BackendConfig,
+    ConfigError,
+    FileConfig,
+    Settings,
+    get_settings,
+    load_config_file,
+)
+from prompts.store import PromptStore
+
+logger = logging.getLogger(__name__)
+
+EXIT_CONFIG = 2
+CLI_BACKEND_PREFIX = "cli-"
 
 
 def register(app: typer.Typer) -> None:
     """Add the `serve` command to the root app."""
+    app.command("serve")(serve)
+
+
+class ServeConfigError(Exception):
+    """A start-up problem the user must fix (reported in one line, exit code 2)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        # A host name other than localhost may resolve anywhere: treat it as public.
+        return False
+
+
+def check_bind(host: str, has_client_keys: bool, insecure: bool) -> None:
+    """Refuse to expose an unauthenticated proxy beyond this machine."""
+    if is_loopback(host) or has_client_keys or insecure:
+        return
+    raise ServeConfigError(
+        f"refusing to listen on non-loopback address {host!r} without client keys: "
+        "set DRPO_API_KEYS (comma-separated) or pass --insecure"
+    )
+
+
+def _normalise_url(url: str) -> str:
+    try:
+        return BackendConfig(url=url).url
+    except ValidationError as exc:
+        raise ServeConfigError(f"invalid --backend {url!r}: must start with http:// or https://") from exc
+
+
+def resolve_settings(
+    base: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    backends: list[str],
+    backend_api_key: str | None,
+    config: Path | None,
+    log_level: str | None,
+) -> tuple[Settings, FileConfig]:
+    """Settings with command-line overrides applied, and the parsed config file.
+
+    One ``--backend`` becomes ``settings.backend_url`` (every model goes there). Several
+    become named backends ``cli-1``, ``cli-2``, ... in the file config, routed by the
+    models each one lists in its ``/v1/models``.
+    """
+    updates: dict[str, object] = {}
+    if host is not None:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    if config is not None:
+        updates["config"] = config
+    if log_level is not None:
+        updates["log_level"] = log_level.upper()
+    if backend_api_key is not None:
+        updates["backend_api_key"] = SecretStr(backend_api_key)
+    urls = [_normalise_url(url) for url in backends]
+    if len(urls) == 1:
+        updates["backend_url"] = urls[0]
+    elif base.backend_url:
+        updates["backend_url"] = _normalise_url(base.backend_url)
+    settings = base.model_copy(update=updates)
+    try:
+        file_config = load_config_file(settings.config)
+    except ConfigError as exc:
+        raise ServeConfigError(str(exc)) from exc
+    if len(urls) > 1:
+        extra = {
+            f"{CLI_BACKEND_PREFIX}{n}": BackendConfig(url=url, api_key=settings.backend_api_key)
+            for n, url in enumerate(urls, 1)
+        }
+        file_config = file_config.model_copy(update={"backends": {**file_config.backends, **extra}})
+    if file_config.default_backend and file_config.default_backend not in file_config.backends:
+        raise ServeConfigError(f"config: default_backend {file_config.default_backend!r} is not a configured backend")
+    for model, options in file_config.models.items():
+        if options.backend and options.backend not in file_config.backends:
+            raise ServeConfigError(f"config: model {model!r} uses unknown backend {options.backend!r}")
+    return settings, file_config
+
+
+def needs_embedded_backend(settings: Settings, file_config: FileConfig) -> bool:
+    return not settings.backend_url and not file_config.backends
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised as an exception so ``with`` blocks clean up."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _embedded_if_needed(settings: Settings, file_config: FileConfig) -> Iterator[Settings]:
+    if not needs_embedded_backend(settings, file_config):
+        yield settings
+        return
+    log_path = settings.home / "logs" / "embedded-backend.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"no backend configured: starting the embedded backend ({EMBEDDED_MODEL_ID}) ...")
+    with EmbeddedBackend(log_path=log_path) as backend:
+        typer.echo(f"embedded backend ready at {backend.base_url} (log: {log_path})")
+        yield settings.model_copy(update={"backend_url": backend.base_url})
+
+
+def _describe_backends(settings: Settings, file_config: FileConfig) -> str:
+    names = [f"{name}={backend.url}" for name, backend in file_config.backends.items()]
+    if settings.backend_url:
+        names.insert(0, settings.backend_url)
+    return ", ".join(names)
+
+
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default: DRPO_HOST, else 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port to listen on (default: DRPO_PORT, else 8000)."),
+    backend: list[str] = typer.Option(
+        [], "--backend", help="OpenAI-compatible backend URL; repeat for several (routed by model)."
+    ),
+    backend_api_key: str | None = typer.Option(
+        None, "--backend-api-key", help="Key sent to the --backend server(s) (default: DRPO_BACKEND_API_KEY)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", help="YAML/TOML config file: backends, per-model options (default: DRPO_CONFIG)."
+    ),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Allow a non-loopback address without client keys (DRPO_API_KEYS)."
+    ),
+    log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning, error."),
+) -> None:
+    """Serve DRPO-aligned models behind an OpenAI-compatible API.
+
+    With no backend configured, starts the embedded llama.cpp backend (SmolLM2-135M-Instruct) and stops it on exit.
+    """
+    try:
+        settings, file_config = resolve_settings(
+            get_settings(),
+            host=host,
+            port=port,
+            backends=backend,
+            backend_api_key=backend_api_key,
+            config=config,
+            log_level=log_level,
+        )
+        check_bind(settings.host, bool(settings.api_keys), insecure)
+    except ValidationError as exc:
+        typer.echo(f"error: invalid DRPO_* environment: {exc.errors()[0].get('msg', exc)}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+    except ServeConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from exc
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().level > logging.DEBUG:
+        # httpx logs every model-list poll at INFO; that is noise unless debugging.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Import the proxy only here: `drpo prompts ...` should not pay for FastAPI.
+    from proxy.app import create_app
+    from proxy.server import run
+
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with _embedded_if_needed(settings, file_config) as live, PromptStore(live.store_dir) as store:
+            try:
+                app = create_app(live, file_config, store)
+            except ValueError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(EXIT_CONFIG) from exc
+            scheme_host = f"[{live.host}]" if ":" in live.host else live.host
+            typer.echo(f"drpo proxy listening on http://{scheme_host}:{live.port}/v1")
+            typer.echo(f"backend: {_describe_backends(live, file_config)}")
+            if insecure and not live.api_keys:
+                typer.echo(
+                    "warning: --insecure: no client keys, anyone who can reach this address may use it", err=True
+                )
+            run(app, live.host, live.port, live.log_level.lower())
+    except EmbeddedBackendError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    except (_Terminated, KeyboardInterrupt):
+        logger.info("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
