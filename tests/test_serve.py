@@ -283,6 +283,17 @@ def test_insecure_public_bind_serves_and_stops_on_sigterm(tmp_path: Path) -> Non
                 time.sleep(0.1)
         assert health.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 503
+        # The store commands work on the same DRPO_HOME while the proxy runs.
+        exported = tmp_path / "default.json"
+        exported.write_bytes(default_artifact().with_changes(model="m").to_json())
+        prompts = [sys.executable, "-m", "drpo.cli", "prompts"]
+        env = _env(tmp_path / "home")
+        done = subprocess.run(
+            [*prompts, "import", str(exported), "--activate"], env=env, capture_output=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        done = subprocess.run([*prompts, "list"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.stdout.split() == ["m", default_artifact().with_changes(model="m").version]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:
