@@ -207,6 +207,12 @@ def test_import_drpo_errors(drpo_home: Path, tmp_path: Path) -> None:
     assert run("list").stdout == ""
 
 
+def test_invalid_environment(drpo_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRPO_PORT", "eighty")
+    get_settings.cache_clear()
+    _fails(run("list"), "invalid DRPO_* environment")
+
+
 def test_default(drpo_home: Path) -> None:
     result = run("default")
     assert result.exit_code == 0 and default_artifact().system_prompt in result.stdout

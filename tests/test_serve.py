@@ -114,6 +114,17 @@ def test_resolve_settings_config_file(tmp_path: Path) -> None:
     assert config.backends["gpu"].url == "http://gpu:8000/v1"
     assert config.options_for("m").mode == "completion"
     assert not needs_embedded_backend(settings, config)
+    # DRPO_CONFIG (settings.config) is used when --config is not given.
+    _, from_env = resolve_settings(
+        Settings(home=tmp_path, config=path),
+        host=None,
+        port=None,
+        backends=[],
+        backend_api_key=None,
+        config=None,
+        log_level=None,
+    )
+    assert from_env == config
 
 
 @pytest.mark.parametrize(
@@ -165,6 +176,12 @@ def test_cli_config_errors_exit_2(clean_env: Path, tmp_path: Path) -> None:
     bad.write_text("backends = [")
     code, stderr = _invoke("--insecure", "--host", "0.0.0.0", "--config", str(bad))
     assert code == 2 and "not valid TOML" in stderr
+
+
+def test_cli_invalid_environment_exits_2(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRPO_PORT", "eighty")
+    code, stderr = _invoke()
+    assert code == 2 and stderr.startswith("error: invalid DRPO_* environment")
 
 
 def test_subprocess_refusal_exits_quickly(tmp_path: Path) -> None:
