@@ -306,7 +306,7 @@ def test_insecure_public_bind_serves_and_stops_on_sigterm(tmp_path: Path) -> Non
         prompts = [sys.executable, "-m", "drpo.cli", "prompts"]
         env = _env(tmp_path / "home")
         done = subprocess.run(
-            [*prompts, "import", str(exported), "--activate"], env=env, capture_output=True, timeout=60
+            [*prompts, "import", str(exported), "--activate"], env=env, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, done.stderr
         done = subprocess.run([*prompts, "list"], env=env, capture_output=True, text=True, timeout=60)
