@@ -8,6 +8,7 @@ answers, and always stops it (and its process group) on exit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
@@ -49,6 +50,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child if its parent dies, even by SIGKILL: no orphaned servers."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: fall back to the normal stop() path
 
 
 def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> list[str]:
@@ -120,7 +133,12 @@ class EmbeddedBackend:
         logger.info("starting embedded backend %s on %s", EMBEDDED_MODEL_ID, self.base_url)
         # A new session gives the child its own process group so we can stop all of it.
         self._process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         try:
             wait_ready(self.base_url, self.ready_timeout, self._process)
