@@ -129,17 +129,21 @@ class EmbeddedBackend:
 
     def start(self) -> EmbeddedBackend:
         command = server_command(self.port, self.host)
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         logger.info("starting embedded backend %s on %s", EMBEDDED_MODEL_ID, self.base_url)
-        # A new session gives the child its own process group so we can stop all of it.
-        self._process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
+        log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed right after the fork
+        try:
+            # A new session gives the child its own process group so we can stop all of it.
+            self._process = subprocess.Popen(
+                command,
+                stdout=log if log is not None else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child holds its own copy of the descriptor
         try:
             wait_ready(self.base_url, self.ready_timeout, self._process)
         except BaseException:
