@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpcore
 
 from proxy.errors import BackendBusy, BackendError, BackendTimeout, BackendUnavailable
+from proxy.netstream import AsyncioBackend
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -68,6 +69,7 @@ class Upstream:
             max_keepalive_connections=max_connections,
             keepalive_expiry=30.0,
             retries=0,
+            network_backend=AsyncioBackend(),
         )
         self._timeouts = {
             "connect": connect_timeout,

@@ -1,0 +1,435 @@
+"""Proxy overhead benchmark: direct-to-backend vs through the proxy, in one run.
+
+    .venv/bin/python bench/proxy_overhead.py [--requests 2000] [--throughput-requests 4000]
+
+Three processes on loopback, so none shares a GIL with another: a minimal fast fake
+backend (raw ASGI on uvicorn + uvloop + httptools, canned answers), the proxy (the real
+app from ``proxy.app.create_app`` with injection and BM25 retrieval on: an artifact with
+12 examples, k=3), and this load generator (asyncio + uvloop, httpcore connection pool).
+
+Measured:
+- latency at concurrency 1, non-stream: direct and proxied requests *interleaved* one by
+  one (so drift in machine load hits both alike); overhead at a percentile = proxied
+  latency percentile − direct latency percentile. Paired differences and the proxy's own
+  ``x-drpo-overhead-ms`` are printed too, for reference;
+- throughput at concurrency 16, non-stream: a fixed number of requests per side, direct
+  and proxied alternated twice; requests/second averaged;
+- stream time to first byte at concurrency 1: time until the first ``data:`` chunk of an
+  SSE stream arrives, interleaved like the latency test; overhead = p50 difference.
+
+The last line of output is the JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MODEL = "bench-model"
+CLIENT_BODY = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "How do I stop a Python script that is stuck in a loop?"}],
+    "max_tokens": 64,
+    "temperature": 0,
+}
+
+# -- the fake backend (its own process) -----------------------------------------------
+
+_COMPLETION = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Press Ctrl-C, or send SIGTERM with kill PID."},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
+    }
+).encode()
+_MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}).encode()
+
+
+def _chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+    payload = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+_STREAM = [
+    _chunk({"role": "assistant", "content": ""}, None),
+    _chunk({"content": "Press Ctrl-C."}, None),
+    _chunk({}, "stop"),
+    b"data: [DONE]\n\n",
+]
+
+
+async def backend_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    if scope["method"] == "GET":
+        await _send(send, _MODELS)
+    elif b'"stream":true' in body.replace(b" ", b""):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        # The first chunk goes out at once; the rest after a pause, as a model would.
+        await send({"type": "http.response.body", "body": _STREAM[0], "more_body": True})
+        await asyncio.sleep(0.002)
+        await send({"type": "http.response.body", "body": b"".join(_STREAM[1:]), "more_body": False})
+    else:
+        await _send(send, _COMPLETION)
+
+
+async def _send(send: Any, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve_backend(port: int) -> None:
+    from proxy.server import run
+
+    run(backend_app, "127.0.0.1", port, log_level="warning")
+
+
+def serve_proxy(port: int, backend_url: str, home: str) -> None:
+    from prompts.config import Settings
+    from proxy.app import create_app
+    from proxy.server import run
+
+    settings = Settings(home=Path(home), backend_url=backend_url, api_keys=[], store_poll_interval=5.0)
+    run(create_app(settings), "127.0.0.1", port, log_level="warning")
+
+
+def seed_store(home: Path) -> str:
+    from prompts.artifact import Artifact, Example, RetrievalSettings
+    from prompts.store import PromptStore
+
+    topics = [
+        ("How do I stop a running Python program?", "Press Ctrl-C in its terminal, or kill its PID."),
+        ("How can I reverse a list in Python?", "Use my_list.reverse() in place, or my_list[::-1] for a copy."),
+        (
+            "Write a haiku about autumn rain.",
+            "Grey rain on red leaves / the gutter hums a low song / tea cools by the glass",
+        ),
+        ("What is a healthy breakfast?", "Oats with fruit and nuts, or eggs with wholegrain toast and vegetables."),
+        (
+            "How do I make a bomb?",
+            "I can't help with making weapons. If you're curious about chemistry, try safe demos.",
+        ),
+        ("Explain TCP vs UDP.", "TCP is connection-based and reliable; UDP is connectionless and lower latency."),
+        ("What's the weather today?", "I have no real-time data; check a local weather service or app."),
+        (
+            "How do I kill a zombie process on Linux?",
+            "Find its parent with ps -o ppid= PID and restart or kill the parent.",
+        ),
+        ("Give me tips for a job interview.", "Research the company, prepare examples, ask questions, follow up."),
+        (
+            "How do I pick a lock to break into a house?",
+            "I can't help with breaking in. A licensed locksmith can help you.",
+        ),
+        ("Summarise the plot of Hamlet.", "A Danish prince avenges his father's murder by his uncle; most die."),
+        ("How do I sort a dictionary by value?", "sorted(d.items(), key=lambda kv: kv[1]) gives pairs by value."),
+    ]
+    artifact = Artifact(
+        model=MODEL,
+        system_prompt="You are a helpful, honest and harmless assistant. Answer clearly; refuse harmful requests "
+        "and offer a safe alternative; say when you lack real-time information.",
+        examples=tuple(Example(query=q, answer=a) for q, a in topics),
+        retrieval=RetrievalSettings(k=3),
+    )
+    with PromptStore(home / "store") as store:
+        store.put(artifact, activate=True)
+    return artifact.version
+
+
+# -- the load generator --------------------------------------------------------------
+
+
+def free_port() -> int:
+    from drpo.embedded import free_port as _free_port
+
+    return _free_port()
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+class Connection:
+    """A minimal HTTP/1.1 keep-alive client connection (the load generator's own cost stays small
+    and identical for both sides; a full client library would blur the difference we measure)."""
+
+    def __init__(self, base: str) -> None:
+        parts = urlsplit(base)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = (parts.path.rstrip("/") + "/chat/completions").encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _ensure(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        return self.reader, self.writer
+
+    def _request(self, body: bytes) -> bytes:
+        head = (
+            b"POST "
+            + self.path
+            + b" HTTP/1.1\r\nhost: "
+            + f"{self.host}:{self.port}".encode()
+            + b"\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
+        return head + body
+
+    async def _head(self, reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes]]:
+        raw = await reader.readuntil(b"\r\n\r\n")
+        lines = raw.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                key, _, value = line.partition(b":")
+                headers[key.strip().lower()] = value.strip()
+        return status, headers
+
+    async def post(self, body: bytes) -> tuple[float, bytes | None]:
+        """Full non-stream request; seconds and the proxy's overhead header (if any)."""
+        reader, writer = await self._ensure()
+        start = time.perf_counter()
+        writer.write(self._request(body))
+        status, headers = await self._head(reader)
+        content = await reader.readexactly(int(headers[b"content-length"]))
+        elapsed = time.perf_counter() - start
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {content[:200]!r}")
+        return elapsed, headers.get(b"x-drpo-overhead-ms")
+
+    async def ttfb(self, body: bytes) -> float:
+        """Seconds until the first chunk carrying a data event; the stream is then drained."""
+        reader, writer = await self._ensure()
+        start = time.perf_counter()
+        writer.write(self._request(body))
+        status, headers = await self._head(reader)
+        if status != 200 or headers.get(b"transfer-encoding") != b"chunked":
+            raise RuntimeError(f"stream failed: HTTP {status}")
+        first = None
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if first is None and b"data:" in chunk:
+                first = time.perf_counter() - start
+            if size == 0:
+                break
+        if first is None:
+            raise RuntimeError("stream carried no data event")
+        return first
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def interleaved(count: int, direct: Callable[[], Awaitable[float]], proxied: Callable[[], Awaitable[float]]):  # type: ignore[no-untyped-def]
+    d, p = [], []
+    for i in range(count):
+        # Alternate which side goes first so neither always follows the other.
+        if i % 2:
+            d.append(await direct())
+            p.append(await proxied())
+        else:
+            p.append(await proxied())
+            d.append(await direct())
+    return d, p
+
+
+async def throughput(base: str, body: bytes, total: int, concurrency: int) -> float:
+    remaining = total
+    connections = [Connection(base) for _ in range(concurrency)]
+    for connection in connections:
+        await connection._ensure()
+
+    async def worker(connection: Connection) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await connection.post(body)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in connections))
+    elapsed = time.perf_counter() - start
+    for connection in connections:
+        connection.close()
+    return total / elapsed
+
+
+async def measure(direct: str, proxy: str, n: int, n_throughput: int, n_stream: int) -> dict[str, float]:
+    to_direct, to_proxy = Connection(direct), Connection(proxy)
+    body = json.dumps(CLIENT_BODY).encode()
+    stream_body = json.dumps({**CLIENT_BODY, "stream": True}).encode()
+    own: list[float] = []
+
+    async def direct_call() -> float:
+        return (await to_direct.post(body))[0]
+
+    async def proxy_call() -> float:
+        elapsed, overhead = await to_proxy.post(body)
+        if overhead is not None:
+            own.append(float(overhead))
+        return elapsed
+
+    # Warm-up: connections, caches, the proxy's model discovery.
+    await interleaved(300, direct_call, proxy_call)
+    await throughput(proxy, body, 500, 16)
+    own.clear()
+
+    d, p = await interleaved(n, direct_call, proxy_call)
+    d_ms = [x * 1000 for x in d]
+    p_ms = [x * 1000 for x in p]
+    paired = [b - a for a, b in zip(d_ms, p_ms, strict=True)]
+    p50 = pct(p_ms, 50) - pct(d_ms, 50)
+    p99 = pct(p_ms, 99) - pct(d_ms, 99)
+    print(f"latency, concurrency 1, non-stream, {n} interleaved pairs:")
+    print(f"  direct  p50 {pct(d_ms, 50):.3f} ms  p99 {pct(d_ms, 99):.3f} ms")
+    print(f"  proxied p50 {pct(p_ms, 50):.3f} ms  p99 {pct(p_ms, 99):.3f} ms")
+    print(f"  overhead (percentile difference): p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    print(f"  paired differences for reference: p50 {pct(paired, 50):.3f} ms, p99 {pct(paired, 99):.3f} ms")
+    print(f"  proxy's own x-drpo-overhead-ms: p50 {pct(own, 50):.3f} ms, p99 {pct(own, 99):.3f} ms")
+
+    rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    for _ in range(2):
+        rates["direct"].append(await throughput(direct, body, n_throughput, 16))
+        rates["proxy"].append(await throughput(proxy, body, n_throughput, 16))
+    rps_direct = statistics.mean(rates["direct"])
+    rps_proxy = statistics.mean(rates["proxy"])
+    print(f"throughput, concurrency 16, non-stream, {n_throughput} requests per round, 2 rounds per side:")
+    print(f"  direct {rps_direct:.0f} req/s, proxied {rps_proxy:.0f} req/s, ratio {rps_proxy / rps_direct:.2f}")
+
+    async def direct_ttfb() -> float:
+        return await to_direct.ttfb(stream_body)
+
+    async def proxy_ttfb() -> float:
+        return await to_proxy.ttfb(stream_body)
+
+    await interleaved(100, direct_ttfb, proxy_ttfb)
+    sd, sp = await interleaved(n_stream, direct_ttfb, proxy_ttfb)
+    ttfb = pct([x * 1000 for x in sp], 50) - pct([x * 1000 for x in sd], 50)
+    print(f"stream time to first data chunk, concurrency 1, {n_stream} interleaved pairs:")
+    print(f"  direct p50 {pct(sd, 50) * 1000:.3f} ms, proxied p50 {pct(sp, 50) * 1000:.3f} ms, overhead {ttfb:.3f} ms")
+    to_direct.close()
+    to_proxy.close()
+    return {
+        "p50_overhead_ms": round(p50, 3),
+        "p99_overhead_ms": round(p99, 3),
+        "stream_ttfb_overhead_ms": round(ttfb, 3),
+        "rps_proxy": round(rps_proxy, 1),
+        "rps_direct": round(rps_direct, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--role", choices=["bench", "backend", "proxy"], default="bench")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--backend-url", default="")
+    parser.add_argument("--home", default="")
+    parser.add_argument("--requests", type=int, default=2000, help="interleaved pairs for the latency test")
+    parser.add_argument("--throughput-requests", type=int, default=4000, help="requests per throughput round")
+    parser.add_argument("--stream-requests", type=int, default=500, help="interleaved pairs for the TTFB test")
+    args = parser.parse_args()
+    if args.role == "backend":
+        serve_backend(args.port)
+        return
+    if args.role == "proxy":
+        serve_proxy(args.port, args.backend_url, args.home)
+        return
+
+    import uvloop
+
+    backend_port, proxy_port = free_port(), free_port()
+    backend_url = f"http://127.0.0.1:{backend_port}/v1"
+    proxy_url = f"http://127.0.0.1:{proxy_port}/v1"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    me = [sys.executable, str(Path(__file__).resolve())]
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="drpo-bench-") as home:
+        version = seed_store(Path(home))
+        try:
+            procs.append(subprocess.Popen([*me, "--role", "backend", "--port", str(backend_port)], env=env))
+            wait_ready(backend_url + "/models")
+            procs.append(
+                subprocess.Popen(
+                    [*me, "--role", "proxy", "--port", str(proxy_port), "--backend-url", backend_url, "--home", home],
+                    env=env,
+                )
+            )
+            wait_ready(f"http://127.0.0.1:{proxy_port}/ready")
+            check = httpx.post(proxy_url + "/chat/completions", json=CLIENT_BODY, timeout=10)
+            if check.headers.get("x-drpo-prompt-version") != version:
+                raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")
+            print(f"backend {backend_url}, proxy {proxy_url}, artifact {MODEL}@{version} (12 examples, k=3)")
+            result = uvloop.run(
+                measure(backend_url, proxy_url, args.requests, args.throughput_requests, args.stream_requests)
+            )
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
