@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -195,6 +196,15 @@ class FakeBackend:
         with self._lock:
             self._queue.extend(replies)
 
+    def reset(self) -> None:
+        """Forget the script and the recordings (for a backend shared by several tests)."""
+        with self._lock:
+            self._queue.clear()
+        self.requests.clear()
+        self.models_status = 200
+        self.cancelled.clear()
+        self.stream_finished.clear()
+
     def posts(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
 
@@ -279,10 +289,8 @@ class FakeBackend:
                 if reply.drop_after is not None and number >= reply.drop_after:
                     raise _Dropped("scripted connection drop")
                 if reply.delay:
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(gone.wait(), reply.delay)
-                    except TimeoutError:
-                        pass
                 if gone.is_set():
                     self.cancelled.set()
                     return

@@ -1,0 +1,143 @@
+"""Streaming: true pass-through of SSE, keep-alives, usage, errors mid-stream, cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from prompts.store import PromptStore
+from tests.fakes.fake_backend import FakeBackend, chat_chunks, error, stream, wait_for
+from tests.fakes.proxy_harness import SYSTEM_PROMPT, make_artifact, make_settings, running_proxy
+
+MODEL = "fake-model"
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[FakeBackend]:
+    with FakeBackend(models=[MODEL]) as fake:
+        yield fake
+
+
+@pytest.fixture
+def proxy(backend: FakeBackend, tmp_path: Path) -> Iterator[str]:
+    backend.reset()
+    with PromptStore(tmp_path / "store") as store:
+        store.put(make_artifact(MODEL), activate=True)
+        with running_proxy(make_settings(tmp_path, backend.url), None, store) as url:
+            yield url
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def data_events(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def test_chunks_reach_the_client_before_the_backend_finishes(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["one", "two", "three"]), delay=0.3))
+    with httpx.stream("POST", f"{proxy}/v1/chat/completions", json=BODY, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers["x-drpo-prompt-version"] != "none"
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        # The first event is here while the backend is still sending the rest.
+        assert not backend.stream_finished.is_set()
+        assert orjson.loads(first[6:])["object"] == "chat.completion.chunk"
+        rest = list(lines)
+    assert backend.stream_finished.is_set()
+    assert rest[-2:] == ["data: [DONE]", ""] or rest[-1] == "data: [DONE]"
+    assert backend.last.json["messages"][0]["content"] == SYSTEM_PROMPT
+
+
+def test_keep_alive_comments_pass_through(proxy: str, backend: FakeBackend) -> None:
+    events = chat_chunks(["a", "b"])
+    backend.enqueue(stream([": keep-alive", events[0], ": keep-alive", *events[1:]], delay=0.01))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.text.count(": keep-alive\n\n") == 2
+    assert data_events(response.text)[-1] == "[DONE]"
+
+
+def test_include_usage_with_the_openai_client(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["Hel", "lo"], usage=True)))
+    client = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    client.close()
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 2
+    assert backend.last.json["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.anyio
+async def test_async_openai_client_streams(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["x", "y", "z"]), delay=0.01))
+    async with openai.AsyncOpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        events = await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        pieces = [chunk.choices[0].delta.content or "" async for chunk in events if chunk.choices]
+    assert "".join(pieces) == "xyz"
+
+
+def test_connection_dropped_mid_stream_becomes_an_error_event(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a", "b", "c"]), drop_after=2))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    events = data_events(response.text)
+    assert len(events) == 3
+    error_event = orjson.loads(events[-1])
+    assert set(error_event["error"]) == {"message", "type", "param", "code"}
+    assert "[DONE]" not in events
+    metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
+    assert 'drpo_backend_errors_total{kind="disconnect",model="fake-model"} 1.0' in metrics
+
+
+def test_openai_client_raises_on_the_error_event(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a", "b", "c"]), drop_after=2))
+    client = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIError):
+        for _ in client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True):
+            pass
+    client.close()
+
+
+def test_client_disconnect_cancels_the_backend_stream(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks([f"piece {i}" for i in range(100)]), delay=0.05))
+    with httpx.stream("POST", f"{proxy}/v1/chat/completions", json=BODY, timeout=10) as response:
+        next(line for line in response.iter_lines() if line.startswith("data: "))
+    # Leaving the block closed our connection; the proxy must close its upstream one.
+    assert wait_for(backend.cancelled.is_set, timeout=5)
+    assert not backend.stream_finished.is_set()
+
+
+def test_error_before_the_stream_starts_is_a_json_error(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(error(429, "busy", retry_after="2"))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "2"
+    assert response.json()["error"]["message"] == "busy"
+
+
+def test_time_to_first_token_is_recorded(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a"])))
+    httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
+    assert 'drpo_time_to_first_token_seconds_count{model="fake-model"} 1.0' in metrics
