@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -21,7 +21,15 @@ class ClientDisconnected(Exception):
 
 
 def new_request_id() -> bytes:
-    return os.urandom(12).hex().encode()
+    return str(uuid.uuid4()).encode()
+
+
+def is_uuid(value: bytes) -> bool:
+    try:
+        uuid.UUID(value.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
 
 
 async def read_body(receive: Receive, limit: int, content_length: bytes | None) -> bytes:

@@ -27,6 +27,7 @@ from proxy.asgi import (
     Receive,
     Scope,
     Send,
+    is_uuid,
     new_request_id,
     read_body,
     send_bytes,
@@ -74,6 +75,7 @@ class _Call:
     """What one request resolved to, carried from parsing to relaying."""
 
     request_id: bytes
+    request_id_is_uuid: bool
     model: str  # metrics label: the model id once routed, "unknown" before
     version: str
     path: bytes
@@ -118,7 +120,8 @@ class OpenAIServing:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, *, inject: bool, path: bytes) -> None:
         started = perf_counter()
         headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id") or new_request_id()
+        client_id = headers.get(b"x-request-id")
+        request_id = client_id or new_request_id()
         model, version = "unknown", NO_VERSION
         watcher: DisconnectWatcher | None = None
         try:
@@ -133,7 +136,7 @@ class OpenAIServing:
             messages = check_messages(body) if inject and not bypass else None
             backend = await self.router.resolve(name)
             model = name
-            call = self._prepare(request_id, name, body, raw, path, messages)
+            call = self._prepare(request_id, client_id is None or is_uuid(client_id), name, body, raw, path, messages)
             version = call.version
             watcher = DisconnectWatcher(receive)
             await self._forward(call, backend, headers, send, started, watcher)
@@ -160,6 +163,7 @@ class OpenAIServing:
     def _prepare(
         self,
         request_id: bytes,
+        id_is_uuid: bool,
         model: str,
         body: dict[str, Any],
         raw: bytes,
@@ -170,7 +174,7 @@ class OpenAIServing:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if messages is None:  # bypass or a pass-through endpoint: the bytes go as they came
-            return _Call(request_id, model, NO_VERSION, path, raw, stream, False, include_usage)
+            return _Call(request_id, id_is_uuid, model, NO_VERSION, path, raw, stream, False, include_usage)
         prepared = self.snapshot.get(model)
         policy = self.policies.get(model)
         mode = policy.mode or prepared.artifact.layout
@@ -182,7 +186,8 @@ class OpenAIServing:
             out, translate = body, False
         self.metrics.injected_chars.observe(chars)
         payload = orjson.dumps(out)
-        return _Call(request_id, model, prepared.artifact.version, path, payload, stream, translate, include_usage)
+        version = prepared.artifact.version
+        return _Call(request_id, id_is_uuid, model, version, path, payload, stream, translate, include_usage)
 
     def _upstream_headers(self, backend: Backend, client: dict[bytes, bytes], call: _Call) -> RawHeaders:
         headers: RawHeaders = [
@@ -190,8 +195,11 @@ class OpenAIServing:
             _JSON,
             (b"content-length", str(len(call.payload)).encode()),
             (b"accept", b"text/event-stream" if call.stream else b"application/json"),
-            (b"x-request-id", call.request_id),
         ]
+        # llama-cpp-python's server answers 400 to a request id that is not a UUID, so a
+        # client's free-form id stays with us (ours are UUIDs and are forwarded).
+        if call.request_id_is_uuid:
+            headers.append((b"x-request-id", call.request_id))
         auth = client.get(b"authorization") if backend.forward_client_auth else backend.auth_header
         if auth is not None:
             headers.append((b"authorization", auth))

@@ -131,13 +131,19 @@ def test_bypass_forwards_the_request_untouched(proxy: str, backend: FakeBackend)
 def test_response_headers(proxy: str, backend: FakeBackend) -> None:
     backend.enqueue(JsonReply(chat_completion(), headers={"openai-processing-ms": "123"}))
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-    response = chat(proxy, body, headers={"x-request-id": "req-abc"})
-    assert response.headers["x-request-id"] == "req-abc"
-    assert backend.last.headers["x-request-id"] == "req-abc"
+    request_id = "5f0c6d3e-8a53-4a7e-9f0e-3f1f8e0f2a11"
+    response = chat(proxy, body, headers={"x-request-id": request_id})
+    assert response.headers["x-request-id"] == request_id
+    assert backend.last.headers["x-request-id"] == request_id
     assert response.headers["openai-processing-ms"] == "123"
     assert float(response.headers["x-drpo-overhead-ms"]) >= 0
     generated = chat(proxy, body).headers["x-request-id"]
-    assert generated and generated != "req-abc"
+    assert generated and generated != request_id
+    assert backend.last.headers["x-request-id"] == generated
+    # A free-form id comes back to the client but is not sent on (llama.cpp rejects non-UUIDs).
+    response = chat(proxy, body, headers={"x-request-id": "req-abc"})
+    assert response.headers["x-request-id"] == "req-abc"
+    assert "x-request-id" not in backend.last.headers
 
 
 def test_openai_sync_client(proxy: str, backend: FakeBackend) -> None:
