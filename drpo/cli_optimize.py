@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the --help text keeps one line per paragraph so it reflows to the terminal)
 """`drpo optimize`: run DRPO for one model and store the result as a new artifact version.
 
 The composition root for the optimizer: it resolves the four role endpoints (flags >
@@ -40,6 +41,7 @@ ROLES = ("selector", "judge", "optimizer")
 EMBEDDED_GEN_TPS = 80.0
 EMBEDDED_PROMPT_TPS = 800.0
 
+# One line per paragraph so --help reflows to the terminal width.
 HELP = """Align MODEL by searching for its system prompt and example library (DRPO).
 
 Roles: the target is the model being aligned; the selector picks aspects per query, the judge scores answers, the optimizer rewrites prompts and answers. By default all four are the target itself (self-alignment). The target endpoint is --backend, else the config file's backend for the model, else DRPO_BACKEND_URL, else the embedded llama.cpp backend (started for the run, stopped after). API keys come from the environment: DRPO_TARGET_API_KEY, DRPO_SELECTOR_API_KEY, DRPO_JUDGE_API_KEY, DRPO_OPTIMIZER_API_KEY (or a config role's api_key_env; a role on the target's URL reuses the target's key). Keys never enter the cache, the checkpoint or the artifact.
@@ -125,7 +127,7 @@ def _with_url(roles: Roles, url: str) -> Roles:
 
 
 @contextlib.contextmanager
-def _backend_for(roles: Roles, console: Console) -> Iterator[Roles]:
+def _backend_for(roles: Roles, console: Console, log_path: Path) -> Iterator[Roles]:
     """Start the embedded backend if any role needs it; stop it afterwards."""
     needs = [e for e in (roles.target, roles.selector, roles.judge, roles.optimizer) if e.base_url == EMBEDDED]
     if not needs:
@@ -134,7 +136,8 @@ def _backend_for(roles: Roles, console: Console) -> Iterator[Roles]:
     from drpo.embedded import EmbeddedBackend
 
     console.print("starting the embedded backend (llama.cpp, SmolLM2-135M-Instruct) ...")
-    with EmbeddedBackend() as backend:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with EmbeddedBackend(log_path=log_path) as backend:
         yield _with_url(roles, backend.base_url)
 
 
@@ -242,13 +245,25 @@ def optimize(
                 queries_source=str(queries) if queries else "packaged seed set",
             )
             state = initial_state(new_run_id(), cfg, _load_queries(queries), icl_seed_queries())
-        target_url, target_key = _target_endpoint(cfg.model, backend, settings, file_config)
-        overrides = {
+        stored = state.roles if resume else {}
+        target_flag: str | None = backend
+        if not target_flag and "target" in stored and stored["target"]["url"] != EMBEDDED:
+            target_flag = stored["target"]["url"]
+        target_url, target_key = _target_endpoint(cfg.model, target_flag, settings, file_config)
+        flags = {
             "selector": (selector_url, selector_model),
             "judge": (judge_url, judge_model),
             "optimizer": (optimizer_url, optimizer_model),
         }
+        overrides = {
+            role: (url or stored.get(role, {}).get("url"), name or stored.get(role, {}).get("model"))
+            for role, (url, name) in flags.items()
+        }
         roles = build_roles(cfg.model, target_url, target_key, overrides, file_config, json_dialect)  # type: ignore[arg-type]
+        state.roles = {
+            e.role: {"url": e.base_url, "model": e.model}
+            for e in (roles.target, roles.selector, roles.judge, roles.optimizer)
+        }
     except OptimizerError as exc:
         console.print(f"error: {exc}")
         raise typer.Exit(2) from exc
@@ -256,7 +271,7 @@ def optimize(
     if dry_run:
         _print_projection(console, cfg, state.queries, roles)
         return
-    with _backend_for(roles, console) as live_roles:
+    with _backend_for(roles, console, paths.runs_dir / state.run_id / "embedded-backend.log") as live_roles:
         optimization = Optimization(
             state, cfg, live_roles, OpenAITransport(), paths, None if quiet else console, activate
         )
@@ -274,7 +289,9 @@ def optimize(
 def _print_projection(console: Console, cfg: OptimizeConfig, queries: dict[str, list[Any]], roles: Roles) -> None:
     n_train, n_val, n_icl = len(queries["train"]), len(queries["validation"]), len(queries["icl"])
     p = project(cfg, n_train, n_val, n_icl)
-    console.print(f"dry run: nothing was started or called. {n_train} train, {n_val} validation, {n_icl} example queries")
+    console.print(
+        f"dry run: nothing was started or called. {n_train} train, {n_val} validation, {n_icl} example queries"
+    )
     for e in (roles.target, roles.selector, roles.judge, roles.optimizer):
         where = "embedded backend (started on demand)" if e.base_url == EMBEDDED else e.base_url
         console.print(f"  {e.role:<9} {e.model} @ {where}")

@@ -85,7 +85,7 @@ def rewrite_schema() -> dict[str, object]:
         "type": "object",
         "properties": {
             "diagnosis": {"type": "string", "maxLength": 300},
-            "system_prompt": {"type": "string", "maxLength": PROMPT_MAX_CHARS},
+            "system_prompt": {"type": "string"},  # long maxLength breaks llama.cpp grammars
         },
         "required": ["diagnosis", "system_prompt"],
         "additionalProperties": False,
@@ -195,7 +195,10 @@ class BeamSearch:
         # A state whose every rewrite failed still continues, unchanged, so the beam never empties.
         orphans = [s for s in states if not any(c.parent == s.id for c in children)]
         carried = await run_all(
-            [self._child(_ChildSpec(s, len(specs) + n, "carry", 0), level, query, progress) for n, s in enumerate(orphans)]
+            [
+                self._child(_ChildSpec(s, len(specs) + n, "carry", 0), level, query, progress)
+                for n, s in enumerate(orphans)
+            ]
         )
         children.extend(c for c in carried if c is not None)
         unique: dict[str, Node] = {}

@@ -44,6 +44,8 @@ class RunState(BaseModel):
     chosen: str | None = None
     artifact_version: str | None = None
     sessions: list[dict[str, Any]] = Field(default_factory=list)
+    # Role endpoints (url, model; never keys) so --resume needs no flags.
+    roles: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 def new_run_id() -> str:

@@ -1,12 +1,12 @@
 """Exceptions of the optimizer package.
 
-    OptimizerError
-    ├── BudgetExceeded      --max-calls / --max-tokens reached; the run stops cleanly
-    ├── LLMCallError        an endpoint kept failing (after backoff) or rejected a request
-    │   ├── TransientLLMError   429 / 5xx / connection trouble: worth retrying
-    │   └── RequestRejected     another 4xx: retrying the same request will not help
-    ├── QueryFileError      a --queries file that cannot be read or holds no queries
-    └── RunStateError       a run directory that is missing or inconsistent (resume)
+OptimizerError
+├── BudgetExceeded      --max-calls / --max-tokens reached; the run stops cleanly
+├── LLMCallError        an endpoint kept failing (after backoff) or rejected a request
+│   ├── TransientLLMError   429 / 5xx / connection trouble: worth retrying
+│   └── RequestRejected     another 4xx: retrying the same request will not help
+├── QueryFileError      a --queries file that cannot be read or holds no queries
+└── RunStateError       a run directory that is missing or inconsistent (resume)
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ def project(config: OptimizeConfig, n_train: int, n_val: int, n_icl: int) -> Pro
     selector_in = _tok(text.SELECTOR_SYSTEM + text.SELECTOR_USER) + sum(_tok(a + d) + 2 for a, d in ASPECTS.items())
     judge_in = _tok(text.JUDGE_SYSTEM + text.JUDGE_USER) + 3 * 40 + _QUERY_TOKENS + answer_tok
     feedback_tok = 3 * 55
-    rewrite_in = _tok(text.PROMPT_REWRITE_SYSTEM + text.PROMPT_REWRITE_USER) + 4 * prompt_tok + answer_tok + feedback_tok
+    rewrite_in = (
+        _tok(text.PROMPT_REWRITE_SYSTEM + text.PROMPT_REWRITE_USER) + 4 * prompt_tok + answer_tok + feedback_tok
+    )
     answer_rw_in = _tok(text.ANSWER_REWRITE_SYSTEM + text.ANSWER_REWRITE_USER) + answer_tok + feedback_tok
 
     visited = min(n_train, c.depth + c.max_depth_increase + 1)

@@ -40,7 +40,9 @@ def answer_schema() -> dict[str, object]:
         "type": "object",
         "properties": {
             "critique": {"type": "string", "maxLength": 300},
-            "answer": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+            # No maxLength here: llama.cpp expands it into a grammar rule per character and
+            # rejects (or crashes on) long limits; max_tokens bounds the length instead.
+            "answer": {"type": "string"},
         },
         "required": ["critique", "answer"],
         "additionalProperties": False,

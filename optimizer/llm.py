@@ -374,7 +374,9 @@ class LLMClient:
                 fallback = _FALLBACK.get(dialect) if endpoint.dialect == "auto" else None
                 if fallback is None or not 400 <= exc.status < 500:
                     raise
-                logger.info("%s endpoint rejected %s (HTTP %d); trying %s", endpoint.role, dialect, exc.status, fallback)
+                logger.info(
+                    "%s endpoint rejected %s (HTTP %d); trying %s", endpoint.role, dialect, exc.status, fallback
+                )
                 ident = endpoint.cache_identity + "|" + endpoint.model
                 self._remember_dialect(ident, "dialect:" + hashlib.sha256(ident.encode()).hexdigest(), fallback)
                 dialect = fallback

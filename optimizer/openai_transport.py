@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import openai
 
 from optimizer.errors import RequestRejected, TransientLLMError
 from optimizer.llm import Completion, Endpoint, Kind
 
-# Local models can be slow to answer a long prompt; connecting should still be quick.
-_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+# Local models can be slow to answer a long prompt on a busy CPU.
+_TIMEOUT = 600.0
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    value = error.response.headers.get("retry-after")
     try:
         return float(value) if value is not None else None
     except ValueError:
@@ -64,7 +61,7 @@ class OpenAITransport:
                 # llama-cpp-python answers an unsupported response_format with a 500.
                 raise RequestRejected(f"HTTP {status}: response_format rejected", 400) from exc
             if status == 429 or status >= 500:
-                raise TransientLLMError(f"HTTP {status}", _retry_after(exc.response)) from exc
+                raise TransientLLMError(f"HTTP {status}", _retry_after(exc)) from exc
             raise RequestRejected(f"HTTP {status}: {exc.message[:300]}", status) from exc
         prompt_tokens = usage.prompt_tokens if usage else 0
         completion_tokens = usage.completion_tokens if usage else max(1, len(text) // 4)

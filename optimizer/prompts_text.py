@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (prompt prose stays on one line per paragraph: the model should see no hard wraps)
 """Every text the optimizer sends to the selector, judge and optimizer roles, and the
 initial system prompt. Kept short on purpose: small local models follow short
 instructions better, and every prompt token costs time on a CPU backend.

@@ -84,7 +84,12 @@ def selector_schema() -> dict[str, Any]:
         "properties": {
             "analysis": {"type": "string", "maxLength": 300},
             "harmful": {"type": "boolean"},
-            "aspects": {"type": "array", "items": {"type": "string", "enum": list(ASPECTS)}, "minItems": 2, "maxItems": 5},
+            "aspects": {
+                "type": "array",
+                "items": {"type": "string", "enum": list(ASPECTS)},
+                "minItems": 2,
+                "maxItems": 5,
+            },
             "new_aspect_name": {"type": "string", "maxLength": 40},
             "new_aspect_definition": {"type": "string", "maxLength": 200},
         },
@@ -165,7 +170,10 @@ class Rewarder:
         listing = "\n".join(f"- {aspect_key(a)} ({a}): {definitions[a]}" for a in aspects)
         messages = [
             {"role": "system", "content": text.JUDGE_SYSTEM},
-            {"role": "user", "content": text.JUDGE_USER.format(aspects=listing, query=query.text, answer=answer or "(empty)")},
+            {
+                "role": "user",
+                "content": text.JUDGE_USER.format(aspects=listing, query=query.text, answer=answer or "(empty)"),
+            },
         ]
         keys = [aspect_key(a) for a in aspects]
 
@@ -182,7 +190,13 @@ class Rewarder:
         replies = await run_all(
             [
                 self.llm.structured(
-                    self.judge_endpoint, messages, "aspect_scores", judge_schema(aspects), _JudgeReply, params_for(i), complete
+                    self.judge_endpoint,
+                    messages,
+                    "aspect_scores",
+                    judge_schema(aspects),
+                    _JudgeReply,
+                    params_for(i),
+                    complete,
                 )
                 for i in range(self.judge_samples)
             ]
@@ -193,7 +207,9 @@ class Rewarder:
         if samples:
             for aspect, key in zip(aspects, keys, strict=True):
                 values = [s[key].score for s in samples]
-                scores.append(AspectScore(aspect=aspect, score=sum(values) / len(values), rationale=samples[0][key].rationale))
+                scores.append(
+                    AspectScore(aspect=aspect, score=sum(values) / len(values), rationale=samples[0][key].rationale)
+                )
         reward = sum(s.score for s in scores) / len(scores) if scores else None
         return Evaluation(
             query=query.text,

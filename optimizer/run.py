@@ -68,9 +68,7 @@ class RunOutcome:
         return self.state.status == "stopped"
 
 
-def initial_state(
-    run_id: str, config: OptimizeConfig, queries: Sequence[Query], icl: Sequence[Query]
-) -> RunState:
+def initial_state(run_id: str, config: OptimizeConfig, queries: Sequence[Query], icl: Sequence[Query]) -> RunState:
     train, val = split_queries(list(queries), config.val_size, config.seed)
     return RunState(
         run_id=run_id,
@@ -107,7 +105,12 @@ class Optimization:
         )
         self.target = Target(self.llm, roles.target, config.layout, config.target_max_tokens)
         self.rewarder = Rewarder(
-            self.llm, roles.selector, roles.judge, config.judge_samples, config.selector_max_tokens, config.judge_max_tokens
+            self.llm,
+            roles.selector,
+            roles.judge,
+            config.judge_samples,
+            config.selector_max_tokens,
+            config.judge_max_tokens,
         )
         self.train = [Query.from_dict(q) for q in state.queries["train"]]
         self.val = [Query.from_dict(q) for q in state.queries["validation"]]
@@ -140,7 +143,9 @@ class Optimization:
             self.state.status, self.state.stop_reason = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            self.state.sessions.append(self.llm.counters.as_dict())
+            self.state.sessions.append(
+                {**self.llm.counters.as_dict(), "elapsed_s": round(time.monotonic() - started, 3)}
+            )
             self.save()
             self.run_dir.write_trace(self.state)
             await self.llm.transport.aclose()

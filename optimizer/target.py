@@ -30,9 +30,7 @@ class Candidate:
 
 
 class Target:
-    def __init__(
-        self, llm: LLMClient, endpoint: Endpoint, layout: Layout = "chat", max_tokens: int = 200
-    ) -> None:
+    def __init__(self, llm: LLMClient, endpoint: Endpoint, layout: Layout = "chat", max_tokens: int = 200) -> None:
         self.llm = llm
         self.endpoint = endpoint
         self.layout: Layout = layout

@@ -51,9 +51,7 @@ def schema_of(body: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
     if fmt.get("type") == "json_object":
         schema = fmt.get("schema") or {}
         props = set((schema.get("properties") or {}).keys())
-        name = next(
-            (n for n, keys in _SCHEMA_KEYS.items() if keys <= props), "aspect_scores" if schema else None
-        )
+        name = next((n for n, keys in _SCHEMA_KEYS.items() if keys <= props), "aspect_scores" if schema else None)
         return name, schema
     return None, None
 
@@ -69,9 +67,12 @@ def infer_role(body: dict[str, Any]) -> str:
     name, _ = schema_of(body)
     if name is None:
         text = _all_text(body)
-        for key, role in (("Reply with a JSON object that has one entry per aspect", "judge"),
-                          ('"harmful": true|false', "selector"), ('"system_prompt"', "optimizer"),
-                          ('"critique"', "optimizer")):
+        for key, role in (
+            ("Reply with a JSON object that has one entry per aspect", "judge"),
+            ('"harmful": true|false', "selector"),
+            ('"system_prompt"', "optimizer"),
+            ('"critique"', "optimizer"),
+        ):
             if key in text:
                 return role
         return "target"
@@ -107,14 +108,22 @@ def default_reply(role: str, body: dict[str, Any]) -> str:
         query = _between(user, "Query:\n", "\n\nReply with")
         harmful = any(w in query.lower() for w in HARMFUL_WORDS)
         aspects = ["Helpfulness", "Compliance", "Clarity"] if harmful else ["Helpfulness", "Clarity", "Factuality"]
-        return json.dumps({"analysis": "fake", "harmful": harmful, "aspects": aspects,
-                           "new_aspect_name": "", "new_aspect_definition": ""})
+        return json.dumps(
+            {
+                "analysis": "fake",
+                "harmful": harmful,
+                "aspects": aspects,
+                "new_aspect_name": "",
+                "new_aspect_definition": "",
+            }
+        )
     if role == "judge":
         _, schema = schema_of(body)
         keys = list((schema or {}).get("required") or re.findall(r"^- ([a-z_]+) \(", user, re.M))
         answer = _between(user, "Answer:\n", "\n\nReply with")
-        return json.dumps({k: {"rationale": f"fake view of {k}", "score": int(digest(answer, k)[:8], 16) % 5 + 1}
-                           for k in keys})
+        return json.dumps(
+            {k: {"rationale": f"fake view of {k}", "score": int(digest(answer, k)[:8], 16) % 5 + 1} for k in keys}
+        )
     if role == "optimizer":
         if "Current system prompt:" in user:
             current = _between(user, "Current system prompt:\n", "\n\nEarlier versions")
@@ -247,7 +256,9 @@ class FakeOpenAIServer:
                 break
         path = scope["path"]
         if path.endswith("/models"):
-            await self._json(send, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]})
+            await self._json(
+                send, {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "fake"}]}
+            )
             return
         body = json.loads(b"".join(chunks) or b"{}")
         role = infer_role(body)
@@ -269,14 +280,21 @@ class FakeOpenAIServer:
         now = int(time.time())
         if path.endswith("/chat/completions"):
             payload: dict[str, Any] = {
-                "id": "chatcmpl-fake", "object": "chat.completion", "created": now, "model": body.get("model"),
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": now,
+                "model": body.get("model"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": usage,
             }
         else:
             payload = {
-                "id": "cmpl-fake", "object": "text_completion", "created": now, "model": body.get("model"),
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}], "usage": usage,
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": now,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                "usage": usage,
             }
         await self._json(send, payload)
 
@@ -293,7 +311,9 @@ class FakeOpenAIServer:
         from drpo.embedded import free_port
 
         self.port = free_port()
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", interface="asgi3"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

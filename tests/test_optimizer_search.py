@@ -55,7 +55,12 @@ def make_config(**overrides: Any) -> OptimizeConfig:
 
 
 async def run(
-    home: Path, fake: ScriptedLLM, config: OptimizeConfig, run_id: str = "r1", resume: bool = False, activate: bool = False
+    home: Path,
+    fake: ScriptedLLM,
+    config: OptimizeConfig,
+    run_id: str = "r1",
+    resume: bool = False,
+    activate: bool = False,
 ) -> RunOutcome:
     paths = Paths(home / "runs", home / "cache", home / "store")
     run_dir = RunDir(paths.runs_dir, run_id)
