@@ -123,13 +123,21 @@ def serve_backend(port: int) -> None:
     run(backend_app, "127.0.0.1", port, log_level="warning")
 
 
-def serve_proxy(port: int, backend_url: str, home: str) -> None:
+def serve_proxy(port: int, backend_url: str, home: str, profile: str = "") -> None:
     from prompts.config import Settings
     from proxy.app import create_app
     from proxy.server import run
 
     settings = Settings(home=Path(home), backend_url=backend_url, api_keys=[], store_poll_interval=5.0)
-    run(create_app(settings), "127.0.0.1", port, log_level="warning")
+    app = create_app(settings)
+    if not profile:
+        run(app, "127.0.0.1", port, log_level="warning")
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.runcall(run, app, "127.0.0.1", port, "warning")
+    profiler.dump_stats(profile)
 
 
 def seed_store(home: Path) -> str:
@@ -272,6 +280,12 @@ class Connection:
             self.writer.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), to tell CPU cost from waiting."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
@@ -311,7 +325,9 @@ async def throughput(base: str, body: bytes, total: int, concurrency: int) -> fl
     return total / elapsed
 
 
-async def measure(direct: str, proxy: str, n: int, n_throughput: int, n_stream: int) -> dict[str, float]:
+async def measure(
+    direct: str, proxy: str, n: int, n_throughput: int, n_stream: int, backend_pid: int, proxy_pid: int
+) -> dict[str, float]:
     to_direct, to_proxy = Connection(direct), Connection(proxy)
     body = json.dumps(CLIENT_BODY).encode()
     stream_body = json.dumps({**CLIENT_BODY, "stream": True}).encode()
@@ -345,13 +361,23 @@ async def measure(direct: str, proxy: str, n: int, n_throughput: int, n_stream: 
     print(f"  proxy's own x-drpo-overhead-ms: p50 {pct(own, 50):.3f} ms, p99 {pct(own, 99):.3f} ms")
 
     rates: dict[str, list[float]] = {"direct": [], "proxy": []}
+    cpu = {"backend": 0.0, "proxy": 0.0}
     for _ in range(2):
         rates["direct"].append(await throughput(direct, body, n_throughput, 16))
+        before = cpu_seconds(backend_pid), cpu_seconds(proxy_pid)
         rates["proxy"].append(await throughput(proxy, body, n_throughput, 16))
+        cpu["backend"] += cpu_seconds(backend_pid) - before[0]
+        cpu["proxy"] += cpu_seconds(proxy_pid) - before[1]
     rps_direct = statistics.mean(rates["direct"])
     rps_proxy = statistics.mean(rates["proxy"])
     print(f"throughput, concurrency 16, non-stream, {n_throughput} requests per round, 2 rounds per side:")
     print(f"  direct {rps_direct:.0f} req/s, proxied {rps_proxy:.0f} req/s, ratio {rps_proxy / rps_direct:.2f}")
+    per = 1e6 / (2 * n_throughput)
+    print(
+        f"  CPU per proxied request (from /proc): proxy {cpu['proxy'] * per:.0f} us, "
+        f"backend {cpu['backend'] * per:.0f} us; machine load average {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} CPUs"
+    )
 
     async def direct_ttfb() -> float:
         return await to_direct.ttfb(stream_body)
@@ -359,6 +385,10 @@ async def measure(direct: str, proxy: str, n: int, n_throughput: int, n_stream: 
     async def proxy_ttfb() -> float:
         return await to_proxy.ttfb(stream_body)
 
+    # Fresh connections: the old ones idled past uvicorn's keep-alive timeout meanwhile.
+    to_direct.close()
+    to_proxy.close()
+    to_direct, to_proxy = Connection(direct), Connection(proxy)
     await interleaved(100, direct_ttfb, proxy_ttfb)
     sd, sp = await interleaved(n_stream, direct_ttfb, proxy_ttfb)
     ttfb = pct([x * 1000 for x in sp], 50) - pct([x * 1000 for x in sd], 50)
@@ -384,12 +414,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="interleaved pairs for the latency test")
     parser.add_argument("--throughput-requests", type=int, default=4000, help="requests per throughput round")
     parser.add_argument("--stream-requests", type=int, default=500, help="interleaved pairs for the TTFB test")
+    parser.add_argument("--profile", default="", help="profile the proxy process with cProfile into this file")
     args = parser.parse_args()
     if args.role == "backend":
         serve_backend(args.port)
         return
     if args.role == "proxy":
-        serve_proxy(args.port, args.backend_url, args.home)
+        serve_proxy(args.port, args.backend_url, args.home, args.profile)
         return
 
     import uvloop
@@ -407,7 +438,8 @@ def main() -> None:
             wait_ready(backend_url + "/models")
             procs.append(
                 subprocess.Popen(
-                    [*me, "--role", "proxy", "--port", str(proxy_port), "--backend-url", backend_url, "--home", home],
+                    [*me, "--role", "proxy", "--port", str(proxy_port), "--backend-url", backend_url, "--home", home]
+                    + (["--profile", args.profile] if args.profile else []),
                     env=env,
                 )
             )
@@ -417,7 +449,15 @@ def main() -> None:
                 raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")
             print(f"backend {backend_url}, proxy {proxy_url}, artifact {MODEL}@{version} (12 examples, k=3)")
             result = uvloop.run(
-                measure(backend_url, proxy_url, args.requests, args.throughput_requests, args.stream_requests)
+                measure(
+                    backend_url,
+                    proxy_url,
+                    args.requests,
+                    args.throughput_requests,
+                    args.stream_requests,
+                    procs[0].pid,
+                    procs[1].pid,
+                )
             )
         finally:
             for proc in procs:
@@ -428,6 +468,11 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+    if args.profile:
+        import pstats
+
+        print(f"proxy profile (cProfile, {args.profile}), top functions by own time:")
+        pstats.Stats(args.profile, stream=sys.stdout).sort_stats("tottime").print_stats(25)
     print(json.dumps(result))
 
 

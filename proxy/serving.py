@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
-import httpcore
 import orjson
 
 from proxy.asgi import (
@@ -52,7 +51,7 @@ from proxy.streaming import (
     completion_to_chat,
     sse_data,
 )
-from proxy.upstream import Upstream, close_quietly, header_value, iter_raw, read_all
+from proxy.upstream import Exchange, Upstream, close_quietly, header_value, iter_raw, read_all
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +155,12 @@ class OpenAIServing:
             if task is not None:
                 task.uncancel()
             self._done(model, version, 499, started, perf_counter() - started)
+        except Exception:
+            # A bug, not a backend failure: answer 500 in OpenAI shape (if nothing was sent yet).
+            logger.exception("unexpected error while proxying a request for %s", model)
+            self._done(model, version, 500, started, perf_counter() - started)
+            with contextlib.suppress(RuntimeError):  # the response had already started
+                await self._send_error(send, ProxyError("internal error in the proxy"), request_id, version)
         finally:
             if watcher is not None:
                 watcher.stop()
@@ -264,7 +269,7 @@ class OpenAIServing:
     async def _relay_stream(
         self,
         call: _Call,
-        response: httpcore.Response,
+        response: Exchange,
         send: Send,
         started: float,
         sent: float,
