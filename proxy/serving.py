@@ -224,14 +224,13 @@ class OpenAIServing:
         headers = self._upstream_headers(backend, client_headers, call)
         response = await self.upstream.send(b"POST", url, headers, call.payload)
         try:
-            answered = perf_counter()
             passed = [(k, v) for k, v in response.headers if k.lower() in _PASSED_BACK]
             if response.status >= 400:
                 body = await read_all(response)
                 raise upstream_error(response.status, body, {k.decode(): v.decode() for k, v in passed})
             content_type = header_value(response.headers, b"content-type") or b"application/json"
             if call.stream and content_type.startswith(b"text/event-stream"):
-                await self._relay_stream(call, response, send, started, sent, answered, passed, watcher)
+                await self._relay_stream(call, response, send, started, sent, passed, watcher)
                 return
             body = await read_all(response)
             received = perf_counter()
@@ -273,43 +272,58 @@ class OpenAIServing:
         send: Send,
         started: float,
         sent: float,
-        answered: float,
         passed: RawHeaders,
         watcher: DisconnectWatcher,
     ) -> None:
         splitter = EventSplitter()
         translator = CompletionStreamTranslator(call.model, call.include_usage) if call.translate else None
-        overhead = (sent - started) + (perf_counter() - answered)
-        headers = self._response_headers(call, overhead, passed)
-        headers.extend(_SSE_HEADERS)
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        first = True
+        # Our headers go out together with the first event (one wake-up of the client, not
+        # two), and a backend that fails before its first event still gets a proper status.
+        overhead = sent - started
+        opened = False
+        first_data = True
         try:
             async for chunk in iter_raw(response):
+                arrived = perf_counter()
                 block = splitter.feed(chunk)
+                if block and translator is not None:
+                    block = translator.translate(block)
                 if not block:
                     continue
-                if translator is not None:
-                    block = translator.translate(block)
-                if first and b"data:" in block:
-                    first = False
+                if not opened:
+                    opened = True
+                    overhead += perf_counter() - arrived
+                    await self._open_stream(send, call, response.status, overhead, passed)
+                if first_data and b"data:" in block:
+                    first_data = False
                     self.metrics.first_token(call.model, perf_counter() - started)
-                if block:
-                    await send({"type": "http.response.body", "body": block, "more_body": True})
+                await send({"type": "http.response.body", "body": block, "more_body": True})
             rest = splitter.pending
             if rest.strip():
                 rest = translator.translate(rest + b"\n\n") if translator else rest + b"\n\n"
+                if not opened:
+                    opened = True
+                    await self._open_stream(send, call, response.status, overhead, passed)
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
         except BackendError as exc:
+            if not opened:
+                raise  # nothing sent yet: an ordinary error response with its own status
             # Headers are gone already: report the failure in-band, as OpenAI does.
             self.metrics.backend_error(call.model, "disconnect" if exc.kind == "connect" else error_kind(exc))
             logger.warning("backend stream for %s failed: %s", call.model, exc.message)
             await send({"type": "http.response.body", "body": sse_data({"error": exc.error_dict()}), "more_body": True})
         finally:
             await close_quietly(response)
+        if not opened:
+            await self._open_stream(send, call, response.status, overhead, passed)
         watcher.stop()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._done(call.model, call.version, response.status, started, overhead)
+
+    async def _open_stream(self, send: Send, call: _Call, status: int, overhead: float, passed: RawHeaders) -> None:
+        headers = self._response_headers(call, overhead, passed)
+        headers.extend(_SSE_HEADERS)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
 
     # -- errors and bookkeeping ---------------------------------------------------
 

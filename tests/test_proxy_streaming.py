@@ -141,3 +141,10 @@ def test_time_to_first_token_is_recorded(proxy: str, backend: FakeBackend) -> No
     httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
     metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
     assert 'drpo_time_to_first_token_seconds_count{model="fake-model"} 1.0' in metrics
+
+
+def test_backend_failing_before_its_first_event_gets_a_proper_status(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a"]), drop_after=0))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "backend_unavailable"
