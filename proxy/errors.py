@@ -9,7 +9,6 @@
     ├── BodyTooLarge          413    body over ``max_body_bytes``
     └── BackendError                 the backend failed us (also counted in metrics)
         ├── BackendUnavailable    502  connection refused / dropped, protocol error
-        ├── BackendBusy           503  our connection pool to the backend is exhausted
         ├── BackendTimeout        504  no bytes within ``read_timeout`` (or connect timeout)
         └── UpstreamHTTPError     4xx/5xx passed through from the backend, reshaped
 
@@ -91,15 +90,6 @@ class BackendUnavailable(BackendError):
     status = 502
     code = "backend_unavailable"
     kind = "connect"
-
-
-class BackendBusy(BackendError):
-    status = 503
-    code = "backend_busy"
-    kind = "pool"
-
-    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, param, {"retry-after": "1", **(headers or {})})
 
 
 class BackendTimeout(BackendError):

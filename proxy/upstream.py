@@ -2,8 +2,11 @@
 
 httpx stays the API for everything off the hot path (model discovery, readiness); the
 per-request forward goes straight to httpcore, httpx's own transport layer, which skips
-httpx's request/response model building. Measured here on a bare passthrough:
-``httpx.AsyncClient`` +1.0 ms per request, ``httpcore.AsyncConnectionPool`` +0.72 ms.
+httpx's request/response model building (measured here on a bare passthrough:
+``httpx.AsyncClient`` +1.0 ms per request, ``httpcore.AsyncConnectionPool`` +0.72 ms).
+Two further cuts, both measured (see BENCHMARKS.md): our own O(1) keep-alive stack of
+``httpcore.AsyncHTTPConnection`` instead of httpcore's pool, and a lean asyncio network
+backend (:mod:`proxy.netstream`) under them.
 
 Transport failures are mapped to the typed errors of :mod:`proxy.errors` here, once.
 """
@@ -19,7 +22,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 
-from proxy.errors import BackendBusy, BackendError, BackendTimeout, BackendUnavailable
+from proxy.errors import BackendError, BackendTimeout, BackendUnavailable
 from proxy.netstream import AsyncioBackend
 
 Headers = list[tuple[bytes, bytes]]
@@ -53,8 +56,6 @@ class Endpoint:
 
 def map_transport_error(exc: Exception, what: str) -> BackendError:
     """One mapping from httpcore's exceptions to ours."""
-    if isinstance(exc, httpcore.PoolTimeout):
-        return BackendBusy(f"{what}: too many requests in flight to the backend")
     if isinstance(exc, httpcore.TimeoutException):
         return BackendTimeout(f"{what}: the backend did not answer in time")
     if isinstance(exc, httpcore.ConnectError):
