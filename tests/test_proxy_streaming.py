@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from prompts.store import PromptStore
-from tests.fakes.fake_backend import FakeBackend, chat_chunks, error, stream, wait_for
+from tests.fakes.fake_backend import FakeBackend, JsonReply, chat_chunks, chat_completion, error, stream, wait_for
 from tests.fakes.proxy_harness import SYSTEM_PROMPT, make_artifact, make_settings, running_proxy
 
 MODEL = "fake-model"
@@ -148,3 +148,10 @@ def test_backend_failing_before_its_first_event_gets_a_proper_status(proxy: str,
     response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "backend_unavailable"
+
+
+def test_client_disconnect_cancels_a_slow_non_stream_request(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(JsonReply(chat_completion(), delay=5.0))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy}/v1/chat/completions", json={**BODY, "stream": False}, timeout=0.5)
+    assert wait_for(backend.cancelled.is_set, timeout=5)

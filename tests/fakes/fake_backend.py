@@ -179,7 +179,7 @@ class FakeBackend:
         self.models = list(models)
         self.models_status = 200
         self.requests: list[Recorded] = []
-        self.cancelled = threading.Event()  # a stream's client disconnected before the end
+        self.cancelled = threading.Event()  # a client disconnected before its reply was complete
         self.stream_finished = threading.Event()  # a stream was sent to its end
         self._queue: collections.deque[Reply] = collections.deque()
         self._lock = threading.Lock()
@@ -248,11 +248,26 @@ class FakeBackend:
         with self._lock:
             reply = self._queue.popleft() if self._queue else self._default(path)
         if isinstance(reply, JsonReply):
-            if reply.delay:
-                await asyncio.sleep(reply.delay)
+            if reply.delay and await self._client_left_within(receive, reply.delay):
+                self.cancelled.set()
+                return
             await self._send_json(send, reply)
         else:
             await self._send_stream(receive, send, reply)
+
+    @staticmethod
+    async def _client_left_within(receive: Any, seconds: float) -> bool:
+        """Wait ``seconds`` (a slow backend), noticing if the client disconnects meanwhile."""
+
+        async def disconnect() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        try:
+            await asyncio.wait_for(disconnect(), seconds)
+        except TimeoutError:
+            return False
+        return True
 
     @staticmethod
     def _default(path: str) -> Reply:
