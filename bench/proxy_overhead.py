@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -90,7 +90,7 @@ _STREAM = [
 ]
 
 
-async def backend_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def backend_app(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
     body = b""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -43,7 +44,7 @@ def proxy(backend: FakeBackend, store: PromptStore, tmp_path: Path) -> Iterator[
         yield url
 
 
-def chat(url: str, body: dict[str, object], headers: dict[str, str] | None = None) -> httpx.Response:
+def chat(url: str, body: Mapping[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=10)
 
 

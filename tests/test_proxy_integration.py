@@ -7,6 +7,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from drpo.embedded import EmbeddedBackend
 from prompts.config import EMBEDDED_MODEL_ID
@@ -16,7 +17,7 @@ from tests.fakes.proxy_harness import make_settings, running_proxy
 
 pytestmark = pytest.mark.integration
 
-MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "Say hello."}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello."}]
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,12 @@ def test_non_stream_answers_with_the_default_artifact(client: openai.OpenAI) -> 
 
 
 def test_stream(client: openai.OpenAI) -> None:
-    with client.chat.completions.with_streaming_response.create(
+    raw = client.chat.completions.with_raw_response.create(
         model=EMBEDDED_MODEL_ID, messages=MESSAGES, max_tokens=8, temperature=0, stream=True
-    ) as response:
-        assert response.headers["x-drpo-prompt-version"] == default_artifact().version
-        assert response.headers["content-type"].startswith("text/event-stream")
-        chunks = list(response.parse())
+    )
+    assert raw.headers["x-drpo-prompt-version"] == default_artifact().version
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.strip()
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,7 +37,7 @@ def store(tmp_path: Path) -> Iterator[PromptStore]:
         yield opened
 
 
-def chat(url: str, body: dict[str, object]) -> httpx.Response:
+def chat(url: str, body: Mapping[str, Any]) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
 
 

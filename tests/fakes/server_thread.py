@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 
@@ -13,7 +13,7 @@ from drpo.embedded import free_port
 
 
 class ServerThread:
-    def __init__(self, app: Any, *, lifespan: str = "on", host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, *, lifespan: Literal["auto", "on", "off"] = "on", host: str = "127.0.0.1") -> None:
         self.host = host
         self.port = free_port(host)
         config = uvicorn.Config(
