@@ -1,1 +1,14 @@
-"""The OpenAI-compatible alignment proxy. Imports ``prompts`` only."""
+"""The OpenAI-compatible alignment proxy. Imports ``prompts`` only.
+
+Layout (thin routes → a serving class → the forwarding modules):
+
+- :mod:`proxy.app`        app factory, lifespan, thin routes (hot ones dispatched before Starlette's stack)
+- :mod:`proxy.serving`    per-request flow: parse → route → inject → forward → relay, timing, metrics
+- :mod:`proxy.injection`  minimal request checks and the prompt injection (via ``prompts.layout``)
+- :mod:`proxy.routing`    which backend serves a model (config, discovery from ``/v1/models``)
+- :mod:`proxy.upstream`   the forward call on httpcore connections, transport errors mapped
+- :mod:`proxy.netstream`  a lean asyncio network backend under those connections
+- :mod:`proxy.streaming`  SSE framing and completion → chat translation
+- :mod:`proxy.snapshot`   the in-memory artifact snapshot with background hot swap
+- :mod:`proxy.auth`, :mod:`proxy.metrics`, :mod:`proxy.errors`, :mod:`proxy.asgi`, :mod:`proxy.server`
+"""
