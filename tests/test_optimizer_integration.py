@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openai
 import pytest
 from typer.testing import CliRunner
 
@@ -11,6 +12,7 @@ from drpo.cli import app
 from drpo.embedded import EmbeddedBackend
 from prompts.config import EMBEDDED_MODEL_ID
 from prompts.store import PromptStore
+from tests.fakes.proxy_harness import make_settings, running_proxy
 
 QUERIES = [
     "How do I reverse a string in Python?",
@@ -45,3 +47,19 @@ def test_tiny_real_run_stores_a_valid_artifact(
     assert artifact.provenance.details["validation_queries"] == 2
     runs = list((drpo_home / "runs").iterdir())
     assert (runs[0] / "trace.json").is_file()
+
+    # The optimized version is servable: activate it and ask through the proxy with the official client.
+    activated = CliRunner().invoke(app, ["prompts", "activate", EMBEDDED_MODEL_ID, artifact.version])
+    assert activated.exit_code == 0, activated.output
+    settings = make_settings(drpo_home, embedded_backend.base_url, read_timeout=120)
+    with PromptStore(drpo_home / "store") as store, running_proxy(settings, None, store) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        with client:
+            raw = client.chat.completions.with_raw_response.create(
+                model=EMBEDDED_MODEL_ID,
+                messages=[{"role": "user", "content": "How do I reverse a list in Python?"}],
+                max_tokens=8,
+                temperature=0,
+            )
+    assert raw.headers["x-drpo-prompt-version"] == artifact.version
+    assert raw.parse().choices[0].message.content
