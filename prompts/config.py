@@ -9,6 +9,7 @@ DRPO_API_KEYS         comma-separated client keys; when set, requests need one
 DRPO_HOST/DRPO_PORT   where ``drpo serve`` listens (127.0.0.1:8000)
 DRPO_BACKEND_URL      a single backend for every model (same as ``--backend``)
 DRPO_BACKEND_API_KEY  key sent to that backend
+DRPO_BACKEND_KIND     that backend's dialect: auto (default) | openai | vllm | llamacpp
 DRPO_MAX_BODY_BYTES   request body limit (413 above it)
 DRPO_CONNECT_TIMEOUT  seconds to connect to a backend
 DRPO_READ_TIMEOUT     seconds to wait for backend bytes (504 after)
@@ -24,6 +25,7 @@ The config file maps model ids to backends and per-model options::
         url: http://127.0.0.1:8001/v1
         api_key_env: LOCAL_KEY        # key read from this env var (never stored in the file)
         forward_client_auth: false    # forward the client's Authorization header instead
+        kind: auto                    # auto | openai | vllm | llamacpp (see below)
     models:
       my-base-model:
         backend: local
@@ -31,6 +33,15 @@ The config file maps model ids to backends and per-model options::
         system_policy: merge          # merge | replace | client
         k: 2                          # examples per request (overrides the artifact)
     default_backend: local
+
+A backend's ``kind`` selects compatibility fixes. ``auto`` detects it from the ``owned_by``
+of its ``/v1/models`` entries: ``"me"`` (llama-cpp-python's server, our embedded backend)
+or ``"llamacpp"`` (llama.cpp's C++ server) mean ``llamacpp``, ``"vllm"`` means ``vllm``,
+anything else (or a static ``models`` list, which is never fetched) means ``openai``. For
+``llamacpp`` the proxy rewrites ``response_format`` ``json_schema`` into llama.cpp's
+``json_object`` + ``schema`` form, and adds the final usage chunk a stream asked for with
+``stream_options.include_usage`` when the backend does not send one (prompt tokens are
+then estimated and the usage says ``"estimated": true``).
 """
 
 from __future__ import annotations
@@ -51,6 +62,9 @@ from prompts.layout import SystemPolicy
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 
 
+BackendKind = Literal["auto", "openai", "vllm", "llamacpp"]
+
+
 class ConfigError(ValueError):
     """The config file is missing, unreadable or invalid."""
 
@@ -62,6 +76,7 @@ class BackendConfig(BaseModel):
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     forward_client_auth: bool = False
+    kind: BackendKind = "auto"
     # Models this backend serves. Empty: discovered from its /v1/models.
     models: list[str] = Field(default_factory=list)
 
@@ -145,6 +160,7 @@ class Settings(BaseSettings):
     port: int = 8000
     backend_url: str | None = None
     backend_api_key: SecretStr | None = None
+    backend_kind: BackendKind = "auto"
     max_body_bytes: int = 8 * 1024 * 1024
     connect_timeout: float = 5.0
     read_timeout: float = 600.0

@@ -11,6 +11,13 @@ Order of resolution for a model id:
 A backend's model list is its static ``models`` from the config, else its ``/v1/models``,
 fetched with httpx and cached for ``models_cache_ttl``. A stale list is served while a
 background refresh runs; an unknown name forces a refresh at most once per second.
+
+The same fetch tells a backend's kind when it is configured as ``auto``
+(:func:`proxy.llamacpp.detect_kind`); ``Backend.llama_cpp`` is what the hot path reads.
+llama-cpp-python's server serialises *every* request, ``/v1/models`` included, on one
+lock, and by default a waiting request cuts the running stream short (it just sends
+``[DONE]``). So a llama.cpp backend is never asked for its models while the proxy has a
+request in flight to it: routing keeps the cached list, ``/ready`` the last answer.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import httpx
 
 from prompts.config import BackendConfig, FileConfig, Settings
 from proxy.errors import BackendUnavailable, ModelNotFound
+from proxy.llamacpp import detect_kind
 from proxy.upstream import Endpoint
 
 logger = logging.getLogger(__name__)
@@ -42,12 +50,23 @@ class Backend:
     api_key: str | None
     forward_client_auth: bool
     static_models: tuple[str, ...]
+    kind: str = "auto"  # as configured
     # Discovery state.
     entries: list[dict[str, Any]] = field(default_factory=list)
     model_ids: frozenset[str] = frozenset()
     fetched_at: float = -1e18
     last_error: str | None = None
     refreshing: asyncio.Task[None] | None = None
+    llama_cpp: bool = False  # needs the llama.cpp fixes (configured, or detected from /v1/models)
+    in_flight: int = 0  # requests the proxy is forwarding to it right now
+
+    @property
+    def busy_llama_cpp(self) -> bool:
+        """Asking it anything now would interrupt a running generation."""
+        return self.llama_cpp and self.in_flight > 0
+
+    def __post_init__(self) -> None:
+        self.llama_cpp = self.kind == "llamacpp"
 
     @property
     def auth_header(self) -> bytes | None:
@@ -59,7 +78,7 @@ def build_backends(settings: Settings, file_config: FileConfig) -> tuple[dict[st
     configs: dict[str, BackendConfig] = {}
     if settings.backend_url:
         key = settings.backend_api_key
-        configs[DEFAULT_BACKEND] = BackendConfig(url=settings.backend_url, api_key=key)
+        configs[DEFAULT_BACKEND] = BackendConfig(url=settings.backend_url, api_key=key, kind=settings.backend_kind)
     configs.update(file_config.backends)
     backends = {
         name: Backend(
@@ -70,6 +89,7 @@ def build_backends(settings: Settings, file_config: FileConfig) -> tuple[dict[st
             or (settings.backend_api_key.get_secret_value() if settings.backend_api_key else None),
             forward_client_auth=cfg.forward_client_auth,
             static_models=tuple(cfg.models),
+            kind=cfg.kind,
         )
         for name, cfg in configs.items()
     }
@@ -132,6 +152,8 @@ class Router:
         raise ModelNotFound(f"The model '{model}' does not exist or is not served here", param="model")
 
     def _refresh_in_background(self, backend: Backend) -> None:
+        if backend.busy_llama_cpp:
+            return
         if backend.refreshing is None or backend.refreshing.done():
             backend.refreshing = asyncio.create_task(self._fetch(backend))
 
@@ -140,7 +162,9 @@ class Router:
         async with self._lock:
             now = time.monotonic()
             due = [
-                b for b in self._order if not b.static_models and (force or now - b.fetched_at > _MIN_FORCED_REFRESH)
+                b
+                for b in self._order
+                if not b.static_models and not b.busy_llama_cpp and (force or now - b.fetched_at > _MIN_FORCED_REFRESH)
             ]
             if due:
                 await asyncio.gather(*(self._fetch(b) for b in due))
@@ -159,12 +183,17 @@ class Router:
             return
         backend.entries = entries
         backend.model_ids = frozenset(e["id"] for e in entries)
+        if backend.kind == "auto":
+            llama_cpp = detect_kind(entries) == "llamacpp"
+            if llama_cpp != backend.llama_cpp:
+                logger.info("backend %s: llama.cpp compatibility %s", backend.name, "on" if llama_cpp else "off")
+            backend.llama_cpp = llama_cpp
         backend.fetched_at = time.monotonic()
         backend.last_error = None
 
     async def check(self, timeout: float = 2.0) -> dict[str, str | None]:
         """Readiness: ask every backend for its models now; name -> error (None when fine)."""
-        await asyncio.gather(*(self._fetch(b, timeout) for b in self._order))
+        await asyncio.gather(*(self._fetch(b, timeout) for b in self._order if not b.busy_llama_cpp))
         return {b.name: b.last_error for b in self._order}
 
     async def models(self) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from proxy.errors import (
     upstream_error,
 )
 from proxy.injection import Policies, check_messages, completion_body, inject_chat, parse_model
+from proxy.llamacpp import UsageFiller, rewrite_response_format
 from proxy.metrics import Metrics
 from proxy.routing import Backend, Router
 from proxy.snapshot import ArtifactSnapshot
@@ -82,6 +83,7 @@ class _Call:
     stream: bool
     translate: bool
     include_usage: bool
+    usage: UsageFiller | None = None  # llama.cpp stream that must get a usage chunk from us
 
 
 class OpenAIServing:
@@ -135,10 +137,15 @@ class OpenAIServing:
             messages = check_messages(body) if inject and not bypass else None
             backend = await self.router.resolve(name)
             model = name
-            call = self._prepare(request_id, client_id is None or is_uuid(client_id), name, body, raw, path, messages)
+            id_is_uuid = client_id is None or is_uuid(client_id)
+            call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages)
             version = call.version
             watcher = DisconnectWatcher(receive)
-            await self._forward(call, backend, headers, send, started, watcher)
+            backend.in_flight += 1
+            try:
+                await self._forward(call, backend, headers, send, started, watcher)
+            finally:
+                backend.in_flight -= 1
         except ProxyError as exc:
             if watcher is not None:
                 watcher.stop()
@@ -169,17 +176,23 @@ class OpenAIServing:
         self,
         request_id: bytes,
         id_is_uuid: bool,
-        model: str,
+        backend: Backend,
         body: dict[str, Any],
         raw: bytes,
         path: bytes,
         messages: list[dict[str, Any]] | None,
     ) -> _Call:
+        model: str = body["model"]
         stream = body.get("stream") is True
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if messages is None:  # bypass or a pass-through endpoint: the bytes go as they came
-            return _Call(request_id, id_is_uuid, model, NO_VERSION, path, raw, stream, False, include_usage)
+            if backend.llama_cpp and path == CHAT_PATH and "response_format" in body and rewrite_response_format(body):
+                raw = orjson.dumps(body)
+            call = _Call(request_id, id_is_uuid, model, NO_VERSION, path, raw, stream, False, include_usage)
+            if backend.llama_cpp and stream and include_usage and path != EMBEDDINGS_PATH:
+                call.usage = UsageFiller(body, model, chat=path == CHAT_PATH)
+            return call
         prepared = self.snapshot.get(model)
         policy = self.policies.get(model)
         mode = policy.mode or prepared.artifact.layout
@@ -189,10 +202,15 @@ class OpenAIServing:
         else:
             chars = inject_chat(body, messages, prepared, policy)
             out, translate = body, False
+            if backend.llama_cpp and "response_format" in body:
+                rewrite_response_format(body)
         self.metrics.injected_chars.observe(chars)
         payload = orjson.dumps(out)
         version = prepared.artifact.version
-        return _Call(request_id, id_is_uuid, model, version, path, payload, stream, translate, include_usage)
+        call = _Call(request_id, id_is_uuid, model, version, path, payload, stream, translate, include_usage)
+        if backend.llama_cpp and stream and include_usage:
+            call.usage = UsageFiller(out, model, chat=True)
+        return call
 
     def _upstream_headers(self, backend: Backend, client: dict[bytes, bytes], call: _Call) -> RawHeaders:
         headers: RawHeaders = [
@@ -277,6 +295,7 @@ class OpenAIServing:
     ) -> None:
         splitter = EventSplitter()
         translator = CompletionStreamTranslator(call.model, call.include_usage) if call.translate else None
+        filler = call.usage
         # Our headers go out together with the first event (one wake-up of the client, not
         # two), and a backend that fails before its first event still gets a proper status.
         overhead = sent - started
@@ -286,8 +305,12 @@ class OpenAIServing:
             async for chunk in iter_raw(response):
                 arrived = perf_counter()
                 block = splitter.feed(chunk)
+                if block and filler is not None:
+                    filler.observe(block)
                 if block and translator is not None:
                     block = translator.translate(block)
+                if block and filler is not None:
+                    block = filler.insert(block)
                 if not block:
                     continue
                 if not opened:
@@ -300,11 +323,20 @@ class OpenAIServing:
                 await send({"type": "http.response.body", "body": block, "more_body": True})
             rest = splitter.pending
             if rest.strip():
-                rest = translator.translate(rest + b"\n\n") if translator else rest + b"\n\n"
+                rest += b"\n\n"
+                if filler is not None:
+                    filler.observe(rest)
+                rest = translator.translate(rest) if translator else rest
+                if filler is not None:
+                    rest = filler.insert(rest)
                 if not opened:
                     opened = True
                     await self._open_stream(send, call, response.status, overhead, passed)
                 await send({"type": "http.response.body", "body": rest, "more_body": True})
+            if filler is not None and opened:  # the backend ended without [DONE]
+                tail = filler.tail()
+                if tail:
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
         except BackendError as exc:
             if not opened:
                 raise  # nothing sent yet: an ordinary error response with its own status

@@ -10,6 +10,9 @@ stream whose client went away is recorded in :attr:`FakeBackend.cancelled`.
         backend.enqueue(stream(chat_chunks(["Hel", "lo"]), delay=0.05))
         ...  # point the proxy at backend.url
         assert backend.requests[-1].json["messages"][0]["role"] == "system"
+
+``FakeBackend(owned_by="me", reject_json_schema=True)`` looks like llama-cpp-python's
+server: that ``owned_by`` in ``/v1/models``, and a 500 for a ``json_schema`` response format.
 """
 
 from __future__ import annotations
@@ -175,8 +178,12 @@ class _Dropped(Exception):
 
 
 class FakeBackend:
-    def __init__(self, models: Sequence[str] = ("fake-model",)) -> None:
+    def __init__(
+        self, models: Sequence[str] = ("fake-model",), owned_by: str = "fake", reject_json_schema: bool = False
+    ) -> None:
         self.models = list(models)
+        self.owned_by = owned_by
+        self.reject_json_schema = reject_json_schema
         self.models_status = 200
         self.requests: list[Recorded] = []
         self.cancelled = threading.Event()  # a client disconnected before its reply was complete
@@ -242,8 +249,13 @@ class FakeBackend:
         path: str = scope["path"]
         self.requests.append(Recorded(scope["method"], path, headers, raw))
         if scope["method"] == "GET" and path.endswith("/models"):
-            body = {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "fake"} for m in self.models]}
+            data = [{"id": m, "object": "model", "owned_by": self.owned_by} for m in self.models]
+            body = {"object": "list", "data": data}
             await self._send_json(send, JsonReply(body, self.models_status))
+            return
+        if self.reject_json_schema and _asks_json_schema(raw):
+            # llama-cpp-python's answer (its request model only knows "text" and "json_object").
+            await self._send_json(send, error(500, "Input should be 'text' or 'json_object'"))
             return
         with self._lock:
             reply = self._queue.popleft() if self._queue else self._default(path)
@@ -314,6 +326,15 @@ class FakeBackend:
             self.stream_finished.set()
         finally:
             watcher.cancel()
+
+
+def _asks_json_schema(raw: bytes) -> bool:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    rf = body.get("response_format") if isinstance(body, dict) else None
+    return isinstance(rf, dict) and rf.get("type") == "json_schema"
 
 
 def wait_for(condition: Any, timeout: float = 5.0) -> bool:
