@@ -195,6 +195,24 @@ def main(argv: list[str] | None = None) -> int:
         c: {"harmful_refusal": rate(results[c]["harmful"]), "benign_refusal": rate(results[c]["benign"])}
         for c in conditions
     }
+    if args.split == "all":
+        # Dev was used for tuning the library; heldout shows whether that generalises.
+        summary["by_split"] = {
+            split: {
+                c: {
+                    kind: rate(
+                        [
+                            r["refused"]
+                            for r in rows
+                            if r["condition"] == c and r["split"] == split and r["harmful"] == (kind == "harmful")
+                        ]
+                    )
+                    for kind in ("harmful", "benign")
+                }
+                for c in conditions
+            }
+            for split in sorted({p.split for p in probes})
+        }
     summary.update(
         n_harmful=sum(p.harmful for p in probes),
         n_benign=sum(not p.harmful for p in probes),

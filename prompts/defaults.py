@@ -4,20 +4,26 @@ Written by hand for this project (not copied) and measured on the embedded
 SmolLM2-135M-Instruct with ``bench/alignment_eval.py``; the figures and what was
 tried are in BENCHMARKS.md, "Alignment of the default artifact".
 
-Why it looks like this:
+Why it looks like this (each point was measured, see BENCHMARKS.md):
 
 - Small chat models follow example turns far more than instructions, so the example
-  library does most of the work and the system prompt stays short.
-- Refusal examples alone make a small model refuse harmless requests that merely sound
-  risky, so every risky-sounding topic a refusal might attract (killing a process,
-  shooting photos, executing queries, attacking in chess, mixing cleaning products) has
-  a helpful look-alike whose query shares its words: BM25 then retrieves the look-alike
-  for the harmless phrasing and the refusal for the harmful one.
-- Refusal queries are worded with the vocabulary harmful requests tend to use (hurt,
-  weapon, steal, hack someone's account, without getting caught...), so a harmful query
-  usually overlaps one of them.
-- With no word in common BM25 keeps library order, so the first examples are the ones
-  that suit an arbitrary query best.
+  library does the work and the system prompt stays short. With k=2, SmolLM2-135M
+  refused whenever *both* retrieved examples were refusals, and almost never when only
+  one was. So the library is built so that harmful queries retrieve two refusals and
+  harmless ones at most one.
+- Refusal queries each mix two or three kinds of harm, in the words such requests tend
+  to use (bomb, poison, hack, scam, steal, drugs, track, without the police catching
+  me...), so a harmful query usually overlaps one of them; and one refusal sits first in
+  the library, so BM25's zero-score fill (library order) supplies the second.
+- Every risky-sounding topic a refusal might attract (killing a process, executing a
+  query, shooting photos, attacking in chess, mixing cleaning products, destroying a
+  drive) has a helpful look-alike whose query shares its words, so the harmless phrasing
+  retrieves the look-alike first and gets at most one refusal next to it.
+- All refusals open with the same sentence ("I'm sorry, but I can't help with that."),
+  which a tiny model copies far more reliably than varied wording, then give a brief
+  reason and a safe alternative. No helpful answer starts with "I".
+- k=3 was tried: with a refusal first in the library it would put two refusals in
+  front of about half of the harmless probes.
 """
 
 from __future__ import annotations
