@@ -9,6 +9,7 @@ Layout (thin routes → a serving class → the forwarding modules):
 - :mod:`proxy.upstream`   the forward call on httpcore connections, transport errors mapped
 - :mod:`proxy.netstream`  a lean asyncio network backend under those connections
 - :mod:`proxy.streaming`  SSE framing and completion → chat translation
+- :mod:`proxy.llamacpp`   llama.cpp fixes: backend kind, response_format rewrite, the missing usage chunk
 - :mod:`proxy.snapshot`   the in-memory artifact snapshot with background hot swap
 - :mod:`proxy.auth`, :mod:`proxy.metrics`, :mod:`proxy.errors`, :mod:`proxy.asgi`, :mod:`proxy.server`
 """
