@@ -86,6 +86,11 @@ def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> lis
         str(n_ctx),
         "--n_threads",
         str(max(1, min(2, os.cpu_count() or 1))),
+        # By default llama-cpp-python ends a running stream as soon as another request waits
+        # for the model: several users (or the optimizer's concurrent calls) would cut each
+        # other off with a truncated answer. Queue them instead.
+        "--interrupt_requests",
+        "false",
     ]
 
 

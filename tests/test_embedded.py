@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import httpx
@@ -71,3 +73,37 @@ def test_server_dies_when_its_parent_is_killed_hard(tmp_path: object) -> None:
             parent.wait(timeout=10)
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def test_a_second_request_does_not_cut_a_running_stream_short(embedded_backend: EmbeddedBackend) -> None:
+    """llama-cpp-python interrupts streams by default; the embedded backend must queue instead."""
+    body = {
+        "model": EMBEDDED_MODEL_ID,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon who bakes bread."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": True,
+    }
+    pieces = 0
+    finish_reason = None
+    with httpx.Client(timeout=120) as client, client.stream(
+        "POST", f"{embedded_backend.base_url}/chat/completions", json=body
+    ) as response:
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith("data: {"):
+                break
+        # Another request arrives while the stream runs; it must wait, not end the stream.
+        with httpx.Client(timeout=120) as second:
+            thread = threading.Thread(target=lambda: second.get(f"{embedded_backend.base_url}/models"))
+            thread.start()
+            for line in lines:
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[len("data: ") :])
+                    choice = chunk["choices"][0]
+                    if choice["delta"].get("content"):
+                        pieces += 1
+                    finish_reason = choice.get("finish_reason") or finish_reason
+            thread.join()
+    assert finish_reason == "length", f"stream ended early after {pieces} tokens"
+    assert pieces >= 40
