@@ -115,7 +115,9 @@ def resolve_settings(
         raise ServeConfigError(str(exc)) from exc
     if len(urls) > 1:
         extra = {
-            f"{CLI_BACKEND_PREFIX}{n}": BackendConfig(url=url, api_key=settings.backend_api_key)
+            f"{CLI_BACKEND_PREFIX}{n}": BackendConfig(
+                url=url, api_key=settings.backend_api_key, kind=settings.backend_kind
+            )
             for n, url in enumerate(urls, 1)
         }
         file_config = file_config.model_copy(update={"backends": {**file_config.backends, **extra}})
