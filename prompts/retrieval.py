@@ -13,19 +13,35 @@ import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Protocol
+
+import Stemmer
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # Very common words carry no signal for "which example looks like this question".
 _STOPWORDS = frozenset(
     "a an the and or but if of to in on at for with by from as is are was were be been being do does did "
     "i me my you your we our it its this that these those what which who whom how why when where can could "
-    "would should will shall may might must please tell give some any about into than then so not no".split()
+    "would should will shall may might must please tell give some any about into than then so not no get got".split()
 )
 
 
+@lru_cache(maxsize=1)
+def _stemmer() -> Stemmer.Stemmer:
+    return Stemmer.Stemmer("english")
+
+
 def tokenize(text: str) -> list[str]:
-    return [t for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
+    """Lower-cased word stems without stop words.
+
+    Stemming (Snowball, via PyStemmer's C implementation: a few microseconds per query)
+    lets "steals" match "steal" and "processes" match "process": without it a request
+    worded slightly differently from an example misses it entirely.
+    """
+    words = [t for t in _TOKEN.findall(text.lower()) if t not in _STOPWORDS]
+    # Filter again after stemming: "getting" only becomes the stop word "get" here.
+    return [stem for stem in _stemmer().stemWords(words) if stem not in _STOPWORDS]
 
 
 class Retriever(Protocol):

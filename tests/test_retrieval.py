@@ -79,3 +79,16 @@ def test_prepared_artifact_uses_artifact_k() -> None:
     assert len(chosen) == 2
     assert chosen[0].query == LIBRARY[2]
     assert prepared.select_examples("anything", k=0) == []
+
+
+def test_word_forms_match_through_stemming() -> None:
+    index = BM25Index(["How do I steal a bike?", "How do I bake bread?"])
+    # Without stemming "stealing"/"bikes" share no token with either document.
+    assert index.top_k("stealing bikes", 1) == [0]
+    assert index.scores("stealing bikes")[0] > 0
+
+
+def test_stemmed_stop_words_do_not_count() -> None:
+    # "getting" stems to the stop word "get": it must not link unrelated questions.
+    index = BM25Index(["Where do I get a new passport?", "How do I fix a flat tyre?"])
+    assert index.scores("getting caught")[0] == 0.0
