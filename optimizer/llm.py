@@ -150,8 +150,12 @@ def strict_json(text: str) -> Any:
 
 
 def extract_json_object(text: str) -> Any:
-    """The first complete JSON object anywhere in ``text`` (tolerant fallback)."""
-    decoder = json.JSONDecoder()
+    """The first complete JSON object anywhere in ``text`` (tolerant fallback).
+
+    Non-strict decoding also accepts raw newlines and tabs inside strings, the most common
+    defect of small models' JSON (seen on 7 of 580 calls of a default SmolLM2 run).
+    """
+    decoder = json.JSONDecoder(strict=False)
     start = text.find("{")
     while start >= 0:
         try:

@@ -1,0 +1,28 @@
+"""The JSON helpers behind structured replies: strict first, tolerant as a fallback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimizer.llm import extract_json_object, strict_json
+
+
+def test_strict_rejects_raw_newlines_inside_strings() -> None:
+    with pytest.raises(json.JSONDecodeError):
+        strict_json('{"answer": "line one\nline two"}')
+
+
+def test_tolerant_recovers_raw_newlines_and_surrounding_prose() -> None:
+    text = 'Sure! Here it is: {"answer": "line one\nline two\tend", "score": 4} Hope that helps.'
+    assert extract_json_object(text) == {"answer": "line one\nline two\tend", "score": 4}
+
+
+def test_tolerant_skips_non_objects_and_finds_the_first_object() -> None:
+    assert extract_json_object('[1, 2] then {"a": {"b": 1}} and {"c": 2}') == {"a": {"b": 1}}
+
+
+def test_tolerant_gives_up_clearly() -> None:
+    with pytest.raises(ValueError, match="no JSON object"):
+        extract_json_object('{"unterminated": "string')
