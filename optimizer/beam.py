@@ -105,6 +105,24 @@ def tidy_prompt(prompt: str) -> str:
     return "\n".join(out).strip()[:PROMPT_MAX_CHARS]
 
 
+MIN_PROMPT_CHARS = 80
+
+
+def rewrite_problem(prompt: str) -> str | None:
+    """Why a proposed system prompt is unusable, or None.
+
+    Small optimizer models sometimes echo the reply template ("the full new system prompt")
+    or a fragment instead of a prompt; such a reply may still score well on a weak judge, so
+    it is rejected (and retried) rather than entered into the beam.
+    """
+    tidy = tidy_prompt(prompt)
+    if not tidy:
+        return "the system prompt is empty"
+    if len(tidy) < MIN_PROMPT_CHARS:
+        return f"the system prompt is only {len(tidy)} characters: write the complete new system prompt itself"
+    return None
+
+
 def rank_key(order: int, node: Node) -> tuple[int, float, int]:
     mean = node.mean_reward
     # Unscored nodes (every judge call failed) rank after scored ones; they never count as 0.
@@ -268,7 +286,7 @@ class BeamSearch:
         }
 
         def usable(reply: _PromptRewrite) -> str | None:
-            return None if tidy_prompt(reply.system_prompt) else "the system prompt is empty"
+            return rewrite_problem(reply.system_prompt)
 
         parsed = await self.llm.structured(
             self.optimizer, messages, "prompt_rewrite", rewrite_schema(), _PromptRewrite, params, usable

@@ -26,3 +26,14 @@ def test_tolerant_skips_non_objects_and_finds_the_first_object() -> None:
 def test_tolerant_gives_up_clearly() -> None:
     with pytest.raises(ValueError, match="no JSON object"):
         extract_json_object('{"unterminated": "string')
+
+
+def test_degenerate_prompt_rewrites_are_rejected() -> None:
+    from optimizer.beam import MIN_PROMPT_CHARS, rewrite_problem
+
+    # Seen in a real self-alignment run: the 135M optimizer echoed the reply template.
+    assert rewrite_problem("the full new system prompt") is not None
+    assert rewrite_problem("   ") == "the system prompt is empty"
+    good = "You are a careful assistant.\n- Answer directly.\n- Say when you lack real-time data.\n- Refuse harm."
+    assert len(good) >= MIN_PROMPT_CHARS
+    assert rewrite_problem(good) is None
