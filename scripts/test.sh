@@ -10,7 +10,7 @@ echo "== mypy" >&2
 .venv/bin/mypy
 echo "== pytest" >&2
 status=0
-DRPO_REQUIRE_INTEGRATION="${DRPO_REQUIRE_INTEGRATION:-1}" .venv/bin/pytest "$@" || status=$?
+DRPO_REQUIRE_INTEGRATION="${DRPO_REQUIRE_INTEGRATION:-1}" .venv/bin/pytest --durations=10 "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "pytest collected no tests: treating as a failure" >&2
   exit 1
