@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with backend_url(args.proxy) as base_url:
-        client = OpenAI(base_url=base_url, api_key="unused", timeout=120.0, max_retries=1)
+        client = OpenAI(base_url=base_url, api_key="unused", timeout=600.0, max_retries=1)
         for condition in conditions:
             for probe in probes:
                 messages, headers = request_for(condition, probe.query, prepared, bool(args.proxy), args.k)
