@@ -185,24 +185,6 @@ def seed_store(home: Path) -> str:
 # -- the load generator --------------------------------------------------------------
 
 
-def free_port() -> int:
-    from drpo.embedded import free_port as _free_port
-
-    return _free_port()
-
-
-def wait_ready(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
-
-
 class Connection:
     """A minimal HTTP/1.1 keep-alive client connection (the load generator's own cost stays small
     and identical for both sides; a full client library would blur the difference we measure)."""
@@ -452,6 +434,8 @@ def main() -> None:
 
     import uvloop
 
+    from drpo.embedded import free_port, wait_until_ok
+
     backend_port, proxy_port = free_port(), free_port()
     backend_url = f"http://127.0.0.1:{backend_port}/v1"
     proxy_url = f"http://127.0.0.1:{proxy_port}/v1"
@@ -462,7 +446,7 @@ def main() -> None:
         version = seed_store(Path(home))
         try:
             procs.append(subprocess.Popen([*me, "--role", "backend", "--port", str(backend_port)], env=env))
-            wait_ready(backend_url + "/models")
+            wait_until_ok(backend_url + "/models", 30.0, procs[-1], name="fake backend")
             procs.append(
                 subprocess.Popen(
                     [*me, "--role", "proxy", "--port", str(proxy_port), "--backend-url", backend_url, "--home", home]
@@ -470,7 +454,7 @@ def main() -> None:
                     env=env,
                 )
             )
-            wait_ready(f"http://127.0.0.1:{proxy_port}/ready")
+            wait_until_ok(f"http://127.0.0.1:{proxy_port}/ready", 30.0, procs[-1], name="proxy")
             check = httpx.post(proxy_url + "/chat/completions", json=CLIENT_BODY, timeout=10)
             if check.headers.get("x-drpo-prompt-version") != version:
                 raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")

@@ -94,22 +94,36 @@ def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> lis
     ]
 
 
-def wait_ready(base_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Poll ``/v1/models`` until it answers 200, the process dies, or time runs out."""
+class NotReady(RuntimeError):
+    """A server did not answer 200 in time, or its process exited first."""
+
+
+def wait_until_ok(
+    url: str, timeout: float, process: subprocess.Popen[bytes] | None = None, name: str = "server"
+) -> None:
+    """Poll ``url`` until it answers 200, ``process`` dies, or time runs out."""
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise EmbeddedBackendError(f"embedded backend exited with code {process.returncode} during start-up")
+            raise NotReady(f"{name} exited with code {process.returncode} during start-up")
         try:
-            response = httpx.get(f"{base_url}/models", timeout=2.0)
+            response = httpx.get(url, timeout=2.0)
             if response.status_code == 200:
                 return
             last_error = f"HTTP {response.status_code}"
         except httpx.HTTPError as exc:
             last_error = type(exc).__name__
         time.sleep(0.2)
-    raise EmbeddedBackendError(f"embedded backend at {base_url} not ready after {timeout:.0f}s ({last_error})")
+    raise NotReady(f"{name} at {url} not ready after {timeout:.0f}s ({last_error})")
+
+
+def wait_ready(base_url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the embedded backend's ``/v1/models`` answers."""
+    try:
+        wait_until_ok(f"{base_url}/models", timeout, process, name="embedded backend")
+    except NotReady as exc:
+        raise EmbeddedBackendError(str(exc)) from exc
 
 
 class EmbeddedBackend:

@@ -21,7 +21,7 @@ from drpo.cli_serve import (
     needs_embedded_backend,
     resolve_settings,
 )
-from drpo.embedded import free_port
+from drpo.embedded import free_port, wait_until_ok
 from prompts.config import Settings
 from prompts.defaults import default_artifact
 
@@ -220,19 +220,6 @@ def _wait_for_line(path: Path, fragment: str, process: subprocess.Popen[bytes], 
     raise AssertionError(f"{fragment!r} not printed within {timeout}s:\n{path.read_text(errors='replace')}")
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "drpo serve exited before it was ready"
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not ready within {timeout}s")
-
-
 def _children(pid: int) -> list[int]:
     """Direct and indirect children of ``pid`` (Linux /proc)."""
     parents: dict[int, int] = {}
@@ -357,7 +344,7 @@ def test_serve_embedded_end_to_end(tmp_path: Path) -> None:
         line = _wait_for_line(log, "embedded backend ready at", process, timeout=180)
         backend_port = int(line.split("ready at ")[1].split()[0].rsplit(":", 1)[1].split("/")[0])
         _wait_for_line(log, f"listening on http://127.0.0.1:{port}/v1", process, timeout=30)
-        _wait_ready(f"http://127.0.0.1:{port}/ready", process, timeout=60)
+        wait_until_ok(f"http://127.0.0.1:{port}/ready", 60, process, name="drpo serve")
         children = _children(process.pid)
         assert _llama_servers_on(backend_port), "the embedded llama.cpp server is not running"
         assert set(_llama_servers_on(backend_port)) <= set(children)
