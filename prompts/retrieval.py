@@ -2,7 +2,8 @@
 
 BM25 over the example *queries* (not answers: we want examples whose question looks
 like the user's). An index is built once per artifact and reused on every request,
-so scoring is a few dictionary look-ups per query term.
+so scoring is a few dictionary look-ups per query term. A query is read up to
+:data:`MAX_QUERY_CHARS` (its start and end), so one huge message cannot stall the proxy.
 
 The :class:`Retriever` protocol is the seam for embedding retrieval later.
 """
@@ -44,6 +45,22 @@ def tokenize(text: str) -> list[str]:
     return [stem for stem in _stemmer().stemWords(words) if stem not in _STOPWORDS]
 
 
+# Retrieval reads at most this many characters of a query: its first and last
+# QUERY_EDGE_CHARS. Tokenizing runs on the proxy's event loop, and a 5 MB message took
+# ~300 ms there, stalling every other client; capped, any message costs about as much as a
+# 16 KB one. The edges are kept because a request usually says what it wants at the start
+# (the question) or at the end (the instruction after pasted material).
+QUERY_EDGE_CHARS = 8 * 1024
+MAX_QUERY_CHARS = 2 * QUERY_EDGE_CHARS + 1
+
+
+def bounded_query(text: str) -> str:
+    """``text`` itself when short, else its first and last :data:`QUERY_EDGE_CHARS` characters."""
+    if len(text) <= MAX_QUERY_CHARS:
+        return text
+    return text[:QUERY_EDGE_CHARS] + " " + text[-QUERY_EDGE_CHARS:]
+
+
 class Retriever(Protocol):
     def top_k(self, query: str, k: int) -> list[int]:
         """Indices of the k best documents, best first."""
@@ -82,7 +99,7 @@ class BM25Index:
 
     def scores(self, query: str) -> list[float]:
         result = [0.0] * len(self._docs)
-        for term in set(tokenize(query)):
+        for term in set(tokenize(bounded_query(query))):
             for i, weight in self._postings.get(term, ()):
                 result[i] += weight
         return result

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from prompts import retrieval
 from prompts.artifact import Artifact, Example
 from prompts.layout import PreparedArtifact
 from prompts.retrieval import BM25Index, tokenize
@@ -92,3 +95,37 @@ def test_stemmed_stop_words_do_not_count() -> None:
     # "getting" stems to the stop word "get": it must not link unrelated questions.
     index = BM25Index(["Where do I get a new passport?", "How do I fix a flat tyre?"])
     assert index.scores("getting caught")[0] == 0.0
+
+
+BOUNDED_WORK = 64 * 1024  # characters tokenized per query, whatever the message size
+
+
+def test_huge_query_tokenizes_only_a_bounded_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 5 MB message must not cost 5 MB of tokenizing: only its capped head and tail are read."""
+    seen: list[int] = []
+    real_tokenize = retrieval.tokenize
+
+    def counting_tokenize(text: str) -> list[str]:
+        seen.append(len(text))
+        return real_tokenize(text)
+
+    index = BM25Index(LIBRARY)  # documents are tokenized here, before counting starts
+    monkeypatch.setattr(retrieval, "tokenize", counting_tokenize)
+    filler = "lorem ipsum dolor sit amet " * (5_000_000 // 27)
+    huge = "capital of France? " + filler + " capital of France?"
+    assert len(huge) > 5_000_000
+    assert index.top_k(huge, 1) == [3]  # the request's start and end still decide
+    assert seen and max(seen) <= BOUNDED_WORK
+    # The same bound holds on the path the proxy and the optimizer share.
+    artifact = Artifact(model="m", system_prompt="s", examples=(Example(query="capital of France", answer="Paris"),))
+    seen.clear()
+    PreparedArtifact.build(artifact).select_examples(huge, 1)
+    assert seen and max(seen) <= BOUNDED_WORK
+
+
+def test_bounded_query_keeps_short_text_and_both_ends_of_long_text() -> None:
+    assert retrieval.bounded_query("short question") == "short question"
+    long = "HEAD " + "x" * 1_000_000 + " TAIL"
+    capped = retrieval.bounded_query(long)
+    assert len(capped) <= retrieval.MAX_QUERY_CHARS
+    assert capped.startswith("HEAD ") and capped.endswith(" TAIL")
