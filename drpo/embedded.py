@@ -8,17 +8,21 @@ answers, and always stops it (and its process group) on exit.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -52,18 +56,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM the child if its parent dies, even by SIGKILL: no orphaned servers."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: fall back to the normal stop() path
-
-
 def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> list[str]:
     if importlib.util.find_spec("llama_cpp") is None:
         raise EmbeddedBackendError(
@@ -92,6 +84,70 @@ def server_command(port: int, host: str = "127.0.0.1", n_ctx: int = 8192) -> lis
         "--interrupt_requests",
         "false",
     ]
+
+
+_Start = Callable[[], subprocess.Popen[bytes]]
+_Job = tuple[_Start, Future[subprocess.Popen[bytes]]]
+
+
+class _Spawner:
+    """One daemon thread, alive as long as the process, that starts every child.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, not the
+    process. Forking from a thread that never exits before the process does makes the
+    signal mean "the parent process died", whichever thread asked for the child.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._owner_pid = 0  # a forked copy of this process has no spawner thread: start a new one
+
+    def run(self, start: _Start) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._owner_pid != os.getpid():
+                self._jobs = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._jobs,), name="drpo-spawner", daemon=True).start()
+                self._owner_pid = os.getpid()
+            done: Future[subprocess.Popen[bytes]] = Future()
+            self._jobs.put((start, done))
+        return done.result()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            start, done = jobs.get()
+            try:
+                done.set_result(start())
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                done.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def spawn_tied_to_parent(command: list[str], log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session; on Linux it gets SIGTERM when this process dies.
+
+    The child runs :mod:`drpo.die_with_parent` first, which arms the signal and checks that
+    we are still its parent before exec'ing ``command`` (no Python runs between our fork and
+    exec: ``preexec_fn`` is unsafe in a threaded parent). Elsewhere :meth:`EmbeddedBackend.stop`
+    is the only cleanup.
+    """
+    if sys.platform.startswith("linux"):
+        command = [sys.executable, "-m", "drpo.die_with_parent", str(os.getpid()), *command]
+
+    def start() -> subprocess.Popen[bytes]:
+        # A new session gives the child its own process group so stop() can end all of it.
+        return subprocess.Popen(
+            command,
+            stdout=log if log is not None else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    return _SPAWNER.run(start)
 
 
 class NotReady(RuntimeError):
@@ -151,15 +207,7 @@ class EmbeddedBackend:
         logger.info("starting embedded backend %s on %s", EMBEDDED_MODEL_ID, self.base_url)
         log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed right after the fork
         try:
-            # A new session gives the child its own process group so we can stop all of it.
-            self._process = subprocess.Popen(
-                command,
-                stdout=log if log is not None else subprocess.DEVNULL,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-            )
+            self._process = spawn_tied_to_parent(command, log)
         finally:
             if log is not None:
                 log.close()  # the child holds its own copy of the descriptor
