@@ -17,6 +17,8 @@ DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
 DRPO_STORE_POLL_INTERVAL  seconds between checks for a new active version
 DRPO_LOG_LEVEL        logging level
 ====================  ==========================================================
+DRPO_BACKEND_MAX_CONNECTIONS  concurrent requests per backend origin (more wait)
+DRPO_BACKEND_KEEPALIVE  seconds an idle backend connection is kept (3; under the 5 s most servers use)
 
 The config file maps model ids to backends and per-model options::
 
@@ -174,6 +176,8 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+    backend_max_connections: int = Field(default=128, ge=1)
+    backend_keepalive: float = Field(default=3.0, gt=0)
 
     def file_config(self) -> FileConfig:
         return load_config_file(self.config)

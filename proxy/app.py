@@ -136,7 +136,12 @@ def create_app(
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
         )
-        upstream = Upstream(settings.connect_timeout, settings.read_timeout)
+        upstream = Upstream(
+            settings.connect_timeout,
+            settings.read_timeout,
+            max_connections_per_origin=settings.backend_max_connections,
+            keepalive_expiry=settings.backend_keepalive,
+        )
         router = Router(backends, default, file_config, settings.models_cache_ttl, client)
         holder.serving = OpenAIServing(
             router, upstream, snapshot, Policies(file_config), metrics, keys, settings.max_body_bytes

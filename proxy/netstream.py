@@ -14,7 +14,11 @@ httpcore's HTTP/1.1 logic. Its streams:
   (an HTTP/1.1 client always writes its whole request before it reads the response);
 - read from an asyncio ``Protocol`` (no anyio layer), with timeouts as loop timers;
 - answer httpcore's "is this idle connection readable?" (i.e. closed by the server) from
-  protocol state instead of a system call.
+  protocol state instead of a system call;
+- count the bytes received (``get_extra_info("bytes_received")``), so a request that failed
+  on a reused connection can tell whether any of the reply had arrived;
+- pause the socket when 1 MiB is buffered unread (a slow reader holds the backend back
+  through TCP flow control instead of growing our memory).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
+        self.received = 0  # every byte ever read: tells a failed request whether any reply came
         self.eof = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -55,6 +60,7 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.chunks.append(data)
         self.buffered += len(data)
+        self.received += len(data)
         if self.buffered > _READ_HIGH_WATER and self.transport is not None and not self.paused_reading:
             self.paused_reading = True
             self.transport.pause_reading()
@@ -182,6 +188,8 @@ class _Stream(httpcore.AsyncNetworkStream):
             # An idle keep-alive connection is "readable" only when the server closed it
             # (or sent something unexpected): either way httpcore must not reuse it.
             return self._protocol.eof or bool(self._protocol.chunks)
+        if info == "bytes_received":
+            return self._protocol.received
         if info == "ssl_object":
             return self._transport.get_extra_info("ssl_object")
         if info == "client_addr":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -67,15 +67,14 @@ class Exchange:
     """One forwarded request: the backend's response plus the connection it came on.
 
     Closing it (always, via :func:`read_all` / :func:`close_quietly`) hands a clean
-    keep-alive connection back to the pool, or drops a dirty one; closing before the body
-    is read aborts the backend's work (that is how a client disconnect cancels generation).
+    keep-alive connection back to the pool, or drops a dirty one, and frees its slot under
+    the per-origin limit; closing before the body is read aborts the backend's work (that is
+    how a client disconnect cancels generation).
     """
 
     __slots__ = ("_closed", "_connection", "_key", "_upstream", "response")
 
-    def __init__(
-        self, upstream: Upstream, key: _Key, connection: httpcore.AsyncHTTPConnection, response: httpcore.Response
-    ) -> None:
+    def __init__(self, upstream: Upstream, key: _Key, connection: _Connection, response: httpcore.Response) -> None:
         self._upstream = upstream
         self._key = key
         self._connection = connection
@@ -102,6 +101,61 @@ class Exchange:
 
 _Key = tuple[bytes, bytes, int]
 
+# A reused keep-alive connection that fails with one of these before any reply byte came was
+# (almost surely) closed by the backend as we picked it: its idle timer and our request
+# crossed on the wire. Timeouts are not among them: a slow backend is not a stale socket.
+_STALE_CONNECTION_ERRORS = (
+    httpcore.ReadError,
+    httpcore.WriteError,
+    httpcore.RemoteProtocolError,
+    httpcore.ConnectionNotAvailable,
+)
+
+
+class _RecordingBackend(httpcore.AsyncNetworkBackend):
+    """The shared network backend, seen by one connection: remembers the stream it opened."""
+
+    __slots__ = ("_backend", "stream")
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+        self.stream: httpcore.AsyncNetworkStream | None = None
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return self.stream
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        self.stream = await self._backend.connect_unix_socket(path, timeout, socket_options)
+        return self.stream
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _Connection:
+    """An httpcore connection and the count of bytes it has received so far."""
+
+    __slots__ = ("http", "network")
+
+    def __init__(self, http: httpcore.AsyncHTTPConnection, network: _RecordingBackend) -> None:
+        self.http = http
+        self.network = network
+
+    @property
+    def received(self) -> int:
+        stream = self.network.stream
+        return 0 if stream is None else int(stream.get_extra_info("bytes_received") or 0)
+
 
 class Upstream:
     """Keep-alive connections to every backend, one idle stack per origin.
@@ -111,26 +165,36 @@ class Upstream:
     at 16 concurrent requests in our profile). Each request here takes the most recently
     used idle connection (O(1)); connections are still httpcore's ``AsyncHTTPConnection``,
     so HTTP/1.1 parsing, TLS and timeouts stay httpcore's.
+
+    At most ``max_connections_per_origin`` requests are in flight to one origin; more wait
+    for a free slot (up to the read timeout), they do not fail. Idle connections expire
+    after ``keepalive_expiry`` seconds, under the 5 s of uvicorn (vLLM, llama-cpp-python),
+    llama.cpp's server and Node, so such a backend rarely closes a socket first; when one
+    does close a socket just as we reuse it, the request is sent again once on a fresh
+    connection (only if no byte of the reply had arrived).
     """
 
     def __init__(
         self,
         connect_timeout: float,
         read_timeout: float,
-        max_idle_per_origin: int = 256,
-        keepalive_expiry: float = 4.0,  # under uvicorn's 5 s default, so the server rarely closes first
+        *,
+        max_connections_per_origin: int = 128,
+        keepalive_expiry: float = 3.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if max_connections_per_origin < 1:
+            raise ValueError("max_connections_per_origin must be at least 1")
+        self.max_connections_per_origin = max_connections_per_origin
+        self.keepalive_expiry = keepalive_expiry
         self._backend = AsyncioBackend()
-        self._idle: dict[_Key, list[httpcore.AsyncHTTPConnection]] = {}
-        self._max_idle = max_idle_per_origin
-        self._keepalive_expiry = keepalive_expiry
-        self._ssl_context: ssl.SSLContext | None = None
-        self._closing: set[httpcore.AsyncHTTPConnection] = set()
-        self._timeouts = {
-            "connect": connect_timeout,
-            "read": read_timeout,
-            "write": read_timeout,
-            "pool": read_timeout,
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._slots: dict[_Key, asyncio.Semaphore] = {}
+        self._ssl_context = ssl_context
+        self._closing: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+        self._pool_timeout = read_timeout
+        self._extensions = {
+            "timeout": {"connect": connect_timeout, "read": read_timeout, "write": read_timeout, "pool": read_timeout}
         }
 
     async def aclose(self) -> None:
@@ -138,80 +202,123 @@ class Upstream:
         self._idle.clear()
         for connection in idle:
             with contextlib.suppress(Exception):
-                await connection.aclose()
+                await connection.http.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def _checkout(self, key: _Key) -> httpcore.AsyncHTTPConnection | None:
+    def _checkout(self, key: _Key) -> _Connection | None:
         stack = self._idle.get(key)
         while stack:
             connection = stack.pop()
-            if connection.is_idle() and not connection.has_expired():
+            if connection.http.is_idle() and not connection.http.has_expired():
                 return connection
             self._discard(connection)
         return None
 
-    def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
+    def _discard(self, connection: _Connection) -> None:
+        if connection.http.is_closed():
+            return
         # Closing a plain connection never blocks; schedule it rather than await in a sync path.
-        task = asyncio.get_running_loop().create_task(connection.aclose())
-        self._closing.add(connection)
-        task.add_done_callback(lambda _: self._closing.discard(connection))
+        task = asyncio.get_running_loop().create_task(connection.http.aclose())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
-    def _release(self, key: _Key, connection: httpcore.AsyncHTTPConnection) -> None:
-        if connection.is_idle() and not connection.has_expired():
-            stack = self._idle.setdefault(key, [])
-            if len(stack) < self._max_idle:
-                stack.append(connection)
-                return
-        if not connection.is_closed():
+    def _release(self, key: _Key, connection: _Connection) -> None:
+        self._slots[key].release()
+        if connection.http.is_idle() and not connection.http.has_expired():
+            self._idle.setdefault(key, []).append(connection)
+        else:
             self._discard(connection)
 
-    def _new_connection(self, url: httpcore.URL) -> httpcore.AsyncHTTPConnection:
+    def _new_connection(self, url: httpcore.URL) -> _Connection:
         ssl_context = None
         if url.scheme == b"https":
             if self._ssl_context is None:
                 self._ssl_context = ssl.create_default_context()
             ssl_context = self._ssl_context
-        return httpcore.AsyncHTTPConnection(
+        network = _RecordingBackend(self._backend)
+        http = httpcore.AsyncHTTPConnection(
             origin=url.origin,
             ssl_context=ssl_context,
-            keepalive_expiry=self._keepalive_expiry,
-            network_backend=self._backend,
+            keepalive_expiry=self.keepalive_expiry,
+            network_backend=network,
         )
+        return _Connection(http, network)
+
+    async def _take_slot(self, key: _Key) -> asyncio.Semaphore:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = asyncio.Semaphore(self.max_connections_per_origin)
+        if not slots.locked():
+            await slots.acquire()  # free: returns at once
+            return slots
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise BackendTimeout("waiting for a free connection to the backend timed out") from None
+        return slots
+
+    async def _request(
+        self, connection: _Connection, method: bytes, url: httpcore.URL, headers: Headers, body: bytes
+    ) -> httpcore.Response:
+        request = httpcore.Request(method, url, headers=headers, content=body, extensions=self._extensions)
+        try:
+            return await connection.http.handle_async_request(request)
+        except BaseException:
+            self._discard(connection)
+            raise
 
     async def send(self, method: bytes, url: httpcore.URL, headers: Headers, body: bytes) -> Exchange:
         """Send a request; returns once the backend's status and headers are in."""
         key = (url.scheme, url.host, url.port or 0)
-        connection = self._checkout(key) or self._new_connection(url)
-        request = httpcore.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeouts})
+        slots = await self._take_slot(key)
         try:
-            response = await connection.handle_async_request(request)
+            connection = self._checkout(key)
+            if connection is not None:
+                before = connection.received
+                try:
+                    return Exchange(self, key, connection, await self._request(connection, method, url, headers, body))
+                except _STALE_CONNECTION_ERRORS:
+                    if connection.received != before:
+                        raise  # part of a reply came: the backend saw the request, never send it twice
+            connection = self._new_connection(url)
+            return Exchange(self, key, connection, await self._request(connection, method, url, headers, body))
         except BaseException as exc:
-            self._discard(connection)
+            slots.release()
             if isinstance(exc, httpcore.UnsupportedProtocol):
                 raise BackendUnavailable(f"unsupported backend URL: {exc}") from exc
-            if isinstance(exc, (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)):
+            if isinstance(exc, _TRANSPORT_ERRORS):
                 raise map_transport_error(exc, "sending to the backend") from exc
             raise
-        return Exchange(self, key, connection, response)
+
+
+_TRANSPORT_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    httpcore.ConnectionNotAvailable,
+)
 
 
 async def read_all(exchange: Exchange) -> bytes:
     """The full body; transport errors mapped; the exchange closed in every case."""
     try:
         return await exchange.response.aread()
-    except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise map_transport_error(exc, "reading the backend's response") from exc
     finally:
         await exchange.aclose()
 
 
-async def iter_raw(exchange: Exchange) -> AsyncIterator[bytes]:
+async def iter_raw(exchange: Exchange) -> AsyncGenerator[bytes, None]:
     """Body chunks as they arrive (no re-buffering); transport errors mapped."""
     stream = exchange.response.stream
     assert hasattr(stream, "__aiter__"), "async response stream expected"
     try:
         async for chunk in stream:
             yield chunk
-    except (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise map_transport_error(exc, "streaming from the backend") from exc
 
 
