@@ -6,6 +6,10 @@ Every environment variable drpo reads is a field of :class:`Settings`:
 DRPO_HOME             data dir (store, runs, caches); default: the user data dir
 DRPO_CONFIG           path of a YAML/TOML config file (same as ``--config``)
 DRPO_API_KEYS         comma-separated client keys; when set, requests need one
+DRPO_METRICS_KEY      when set, GET /metrics needs ``Authorization: Bearer <it>``
+DRPO_READY_CACHE_TTL  seconds one /ready backend check is reused (floods make one check)
+DRPO_BYPASS           who may skip alignment with ``x-drpo-bypass: 1``: any | off | keys
+DRPO_BYPASS_KEYS      with DRPO_BYPASS=keys: the client keys allowed to (comma-separated)
 DRPO_HOST/DRPO_PORT   where ``drpo serve`` listens (127.0.0.1:8000)
 DRPO_BACKEND_URL      a single backend for every model (same as ``--backend``)
 DRPO_BACKEND_API_KEY  key sent to that backend
@@ -56,7 +60,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from platformdirs import user_data_dir
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from prompts.layout import SystemPolicy
@@ -65,6 +69,8 @@ EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
 
 
 BackendKind = Literal["auto", "openai", "vllm", "llamacpp"]
+# x-drpo-bypass: anyone may skip alignment ("any"), nobody ("off"), or only DRPO_BYPASS_KEYS ("keys").
+BypassPolicy = Literal["any", "off", "keys"]
 
 
 class ConfigError(ValueError):
@@ -158,6 +164,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     config: Path | None = None
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    metrics_key: SecretStr | None = None
+    ready_cache_ttl: float = Field(default=1.0, ge=0)
+    bypass: BypassPolicy = "any"
+    bypass_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8000
     backend_url: str | None = None
@@ -170,12 +180,28 @@ class Settings(BaseSettings):
     store_poll_interval: float = 1.0
     log_level: str = "INFO"
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "bypass_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("metrics_key", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check_bypass(self) -> Settings:
+        keys = {k.get_secret_value() for k in self.bypass_keys}
+        if self.bypass == "keys" and not keys:
+            raise ValueError("DRPO_BYPASS=keys needs DRPO_BYPASS_KEYS (the client keys allowed to bypass)")
+        if self.bypass != "keys" and keys:
+            raise ValueError(f"DRPO_BYPASS_KEYS is set but DRPO_BYPASS is {self.bypass!r}: set DRPO_BYPASS=keys")
+        if keys and self.api_keys and not keys <= {k.get_secret_value() for k in self.api_keys}:
+            raise ValueError("every DRPO_BYPASS_KEYS entry must also be one of DRPO_API_KEYS")
+        return self
     backend_max_connections: int = Field(default=128, ge=1)
     backend_keepalive: float = Field(default=3.0, gt=0)
 

@@ -31,6 +31,7 @@ from proxy.auth import KeyChecker
 from proxy.errors import MethodNotAllowed, ProxyError, RouteNotFound, error_body
 from proxy.injection import Policies
 from proxy.metrics import CONTENT_TYPE_LATEST, Metrics
+from proxy.readiness import CachedReadiness
 from proxy.routing import Router, build_backends
 from proxy.serving import OpenAIServing
 from proxy.snapshot import ArtifactSnapshot
@@ -46,6 +47,7 @@ class _Holder:
 
     serving: OpenAIServing | None = None
     store: PromptStore | None = None
+    readiness: CachedReadiness | None = None
 
 
 class _RawEndpoint:
@@ -118,7 +120,13 @@ def create_app(
     file_config = file_config or FileConfig()
     backends, default = build_backends(settings, file_config)
     metrics = Metrics()
-    keys = KeyChecker([k.get_secret_value() for k in settings.api_keys])
+    keys = KeyChecker(
+        [k.get_secret_value() for k in settings.api_keys],
+        settings.bypass,
+        [k.get_secret_value() for k in settings.bypass_keys],
+    )
+    # /metrics is open unless DRPO_METRICS_KEY is set (a scraper's key, separate from clients').
+    metrics_key = KeyChecker([settings.metrics_key.get_secret_value()] if settings.metrics_key else [])
     holder = _Holder()
 
     def serving() -> OpenAIServing:
@@ -147,6 +155,7 @@ def create_app(
             router, upstream, snapshot, Policies(file_config), metrics, keys, settings.max_body_bytes
         )
         holder.store = the_store
+        holder.readiness = CachedReadiness(router.check, settings.ready_cache_ttl)
         await router.refresh()  # warm the model lists; failures are recorded, not raised
         poller = asyncio.create_task(snapshot.run())
         try:
@@ -156,6 +165,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
             holder.serving = None
+            holder.readiness = None
             await router.aclose()
             await upstream.aclose()
             await client.aclose()
@@ -174,12 +184,15 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
-        errors = await serving().router.check()
+        if holder.readiness is None:
+            raise RuntimeError("the proxy app is used outside its lifespan")
+        errors = await holder.readiness.get()
         ok = bool(errors) and all(e is None for e in errors.values())
         body = {"status": "ready" if ok else "unavailable", "backends": {k: v or "ok" for k, v in errors.items()}}
         return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"retry-after": "1"})
 
     async def render_metrics(request: Request) -> Response:
+        metrics_key.check(request.headers.get("authorization", "").encode() or None)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     hot = {

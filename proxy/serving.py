@@ -133,7 +133,7 @@ class OpenAIServing:
             except orjson.JSONDecodeError as exc:
                 raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
             name = parse_model(body)
-            bypass = headers.get(b"x-drpo-bypass") == b"1"
+            bypass = inject and self.keys.bypass_requested(headers.get(b"authorization"), headers.get(b"x-drpo-bypass"))
             messages = check_messages(body) if inject and not bypass else None
             backend = await self.router.resolve(name)
             model = name

@@ -68,7 +68,8 @@ def test_routing_by_discovery_and_explicit_backend(
         backends={"second": BackendConfig(url=second.url)},
         models={"pinned-model": ModelOptions(backend="second")},
     )
-    with running_proxy(make_settings(tmp_path, first.url), config, store) as url:
+    # ready_cache_ttl=0: /ready checks the backends on every call, so the failure below shows at once.
+    with running_proxy(make_settings(tmp_path, first.url, ready_cache_ttl=0), config, store) as url:
         for model, expected in [
             (MODEL, first),
             ("second-model", second),
@@ -121,6 +122,7 @@ def test_metrics_series_and_labels(first: FakeBackend, store: PromptStore, tmp_p
         assert chat(url, BODY).status_code == 200
         assert chat(url, {**BODY, "model": "nowhere-model"}).status_code == 404
         response = httpx.get(f"{url}/metrics", timeout=5)
+    assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert f'drpo_requests_total{{model="{MODEL}",prompt_version="{version}",status="200"}} 1.0' in text
@@ -137,8 +139,10 @@ def test_two_apps_in_one_process_keep_separate_metrics(first: FakeBackend, store
     settings = make_settings(tmp_path, first.url)
     with running_proxy(settings, None, store) as one, running_proxy(settings, None, store) as two:
         assert chat(one, BODY).status_code == 200
-        text = httpx.get(f"{two}/metrics", timeout=5).text
-    assert "drpo_requests_total{" not in text
+        response = httpx.get(f"{two}/metrics", timeout=5)
+    assert response.status_code == 200, response.text
+    assert "# TYPE drpo_requests_total counter" in response.text
+    assert "drpo_requests_total{" not in response.text
 
 
 def test_bad_config_is_refused_at_creation(tmp_path: Path) -> None:
