@@ -20,7 +20,12 @@ SCHEMA_VERSION = 1
 VERSION_ID_LENGTH = 12
 
 Layout = Literal["chat", "completion"]
-RetrievalMethod = Literal["bm25"]
+# bm25: lexical; embedding: WordLlama static embeddings (bundled weights, CPU, offline);
+# hybrid: both, fused (see prompts.retrieval). One mechanism picks examples for all of them.
+RetrievalMethod = Literal["bm25", "embedding", "hybrid"]
+# refusal: the answer declines; helpful: a harmless request (often one that sounds risky)
+# answered fully; general: an everyday request, the fallback when nothing matches well.
+ExampleLabel = Literal["refusal", "helpful", "general"]
 
 
 class _Frozen(BaseModel):
@@ -32,13 +37,37 @@ class Example(_Frozen):
 
     query: str = Field(min_length=1)
     answer: str = Field(min_length=1)
+    label: ExampleLabel | None = None  # None: unlabelled (plain similarity ranking)
 
 
 class RetrievalSettings(_Frozen):
-    """How many examples to put in front of a query and how to pick them."""
+    """How many examples to put in front of a query and how to pick them.
+
+    With labelled examples, the ``neighbours`` most similar examples vote (weighted by
+    similarity): when refusals hold at least ``refusal_share`` of the weight, the k best
+    refusals are shown, otherwise the k best non-refusals; when even the best example is
+    no more similar than ``min_similarity``, the k best ``general`` examples are shown.
+    See :mod:`prompts.selection`.
+    """
 
     k: int = Field(default=3, ge=0, le=16)
     method: RetrievalMethod = "bm25"
+    neighbours: int = Field(default=5, ge=1, le=64)
+    refusal_share: float = Field(default=0.5, gt=0, le=1)
+    min_similarity: float = Field(default=0.0, ge=0, le=1)
+
+    def hashed(self) -> dict[str, Any]:
+        """What the version hash covers: k and method always, later fields only when set.
+
+        Keeping fields added after schema 1 out of the hash at their defaults keeps every
+        existing artifact's version id unchanged.
+        """
+        data = self.model_dump(mode="json")
+        return {
+            name: value
+            for name, value in data.items()
+            if name in ("k", "method") or value != RetrievalSettings.model_fields[name].default
+        }
 
 
 class Provenance(_Frozen):
@@ -98,8 +127,8 @@ def content_version(artifact: Artifact) -> str:
         "schema_version": artifact.schema_version,
         "model": artifact.model,
         "system_prompt": artifact.system_prompt,
-        "examples": [[e.query, e.answer] for e in artifact.examples],
-        "retrieval": artifact.retrieval.model_dump(mode="json"),
+        "examples": [[e.query, e.answer] + ([e.label] if e.label else []) for e in artifact.examples],
+        "retrieval": artifact.retrieval.hashed(),
         "layout": artifact.layout,
     }
     digest = hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prompts.artifact import Artifact, Example
-from prompts.retrieval import BM25Index
+from prompts.retrieval import Scorer, build_scorer
+from prompts.selection import select
 
 SystemPolicy = Literal["merge", "replace", "client"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -67,16 +68,20 @@ class PreparedArtifact:
     """An artifact plus its retrieval index, built once and reused per request."""
 
     artifact: Artifact
-    index: BM25Index
+    scorer: Scorer
 
     @classmethod
     def build(cls, artifact: Artifact) -> PreparedArtifact:
-        return cls(artifact, BM25Index([e.query for e in artifact.examples]))
+        return cls(artifact, build_scorer(artifact.retrieval.method, [e.query for e in artifact.examples]))
 
     def select_examples(self, query: str, k: int | None = None) -> list[Example]:
-        count = self.artifact.retrieval.k if k is None else k
+        retrieval = self.artifact.retrieval
+        count = retrieval.k if k is None else k
         examples = self.artifact.examples
-        return [examples[i] for i in self.index.top_k(query, count)]
+        if count <= 0 or not examples:
+            return []
+        chosen = select(self.scorer.scores(query), [e.label for e in examples], count, retrieval)
+        return [examples[i] for i in chosen]
 
 
 def merge_system(ours: str, client_texts: Iterable[str], policy: SystemPolicy) -> str | None:

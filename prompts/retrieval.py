@@ -1,11 +1,18 @@
-"""Local, model-free example retrieval.
+"""Local example retrieval: how similar each library example is to a query.
 
-BM25 over the example *queries* (not answers: we want examples whose question looks
-like the user's). An index is built once per artifact and reused on every request,
-so scoring is a few dictionary look-ups per query term. A query is read up to
-:data:`MAX_QUERY_CHARS` (its start and end), so one huge message cannot stall the proxy.
+All methods score the example *queries* (not answers: we want examples whose question
+looks like the user's), return one similarity per example in [0, 1], and read a query
+up to :data:`MAX_QUERY_CHARS` (its start and end), so one huge message cannot stall the
+proxy. An index is built once per artifact and reused on every request.
 
-The :class:`Retriever` protocol is the seam for embedding retrieval later.
+- ``bm25``: Okapi BM25 over stemmed words, divided by the best score for the query (so
+  the best lexical match scores 1 and a query sharing no word with any example scores 0
+  everywhere);
+- ``embedding``: cosine similarity of WordLlama vectors (:mod:`prompts.embedding`);
+- ``hybrid``: the mean of the two, so an example must look alike in words *and* in
+  meaning to rank first, and either signal alone still counts.
+
+Which examples are then shown is decided by :mod:`prompts.selection`.
 """
 
 from __future__ import annotations
@@ -61,9 +68,9 @@ def bounded_query(text: str) -> str:
     return text[:QUERY_EDGE_CHARS] + " " + text[-QUERY_EDGE_CHARS:]
 
 
-class Retriever(Protocol):
-    def top_k(self, query: str, k: int) -> list[int]:
-        """Indices of the k best documents, best first."""
+class Scorer(Protocol):
+    def scores(self, query: str) -> list[float]:
+        """One similarity in [0, 1] per document."""
         ...
 
 
@@ -110,3 +117,52 @@ class BM25Index:
         scores = self.scores(query)
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         return order[:k]
+
+
+class NormalisedBM25:
+    """BM25 scores divided by the query's best score (all zeros when nothing matches)."""
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        self.index = BM25Index(documents)
+
+    def scores(self, query: str) -> list[float]:
+        raw = self.index.scores(query)
+        best = max(raw, default=0.0)
+        return [x / best for x in raw] if best > 0 else raw
+
+
+class HybridScorer:
+    """The mean of normalised BM25 and embedding cosine."""
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        from prompts.embedding import EmbeddingIndex
+
+        self._lexical = NormalisedBM25(documents)
+        self._semantic = EmbeddingIndex(documents)
+
+    def scores(self, query: str) -> list[float]:
+        bounded = bounded_query(query)
+        lexical = self._lexical.scores(bounded)
+        semantic = self._semantic.scores(bounded)
+        return [(a + b) / 2 for a, b in zip(lexical, semantic, strict=True)]
+
+
+def build_scorer(method: str, documents: Sequence[str]) -> Scorer:
+    """The scorer for an artifact's ``retrieval.method``."""
+    if method == "bm25":
+        return NormalisedBM25(documents)
+    if method == "embedding":
+        from prompts.embedding import EmbeddingIndex
+
+        return _Bounded(EmbeddingIndex(documents))
+    if method == "hybrid":
+        return HybridScorer(documents)
+    raise ValueError(f"unknown retrieval method {method!r}")
+
+
+class _Bounded:
+    def __init__(self, inner: Scorer) -> None:
+        self._inner = inner
+
+    def scores(self, query: str) -> list[float]:
+        return self._inner.scores(bounded_query(query))

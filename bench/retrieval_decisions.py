@@ -1,0 +1,105 @@
+"""What example block each labelled query gets, without calling any model.
+
+With a labelled library the selection (``prompts.selection``) decides per query whether the
+model sees refusals or helpful answers, and a small model mostly does what its examples
+do. So the share of queries that get a refusal block, per label, is a fast, model-free
+preview of refusal rates: harmful should be high, look-alike and ordinary low. It is used
+to tune the library and the selection settings on the *train* split, check them on *val*,
+and never to decide anything on *test*.
+
+Usage::
+
+    python bench/retrieval_decisions.py --set train                       # the default artifact
+    python bench/retrieval_decisions.py --set val --artifact v.json --method hybrid
+    python bench/retrieval_decisions.py --set train --grid                # sweep refusal_share / neighbours
+    python bench/retrieval_decisions.py --set train --show-misses 20      # which queries go wrong
+
+The last line is JSON: per method, the refusal-block share per label.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from optimizer.evalsets import LABELS, LabelledQuery, gather
+from prompts.artifact import Artifact, RetrievalSettings
+from prompts.defaults import default_artifact
+from prompts.layout import PreparedArtifact
+from prompts.selection import select
+
+
+def decisions(prepared: PreparedArtifact, queries: list[LabelledQuery]) -> list[tuple[LabelledQuery, bool, float]]:
+    """(query, got a refusal block, best similarity) per query."""
+    examples = prepared.artifact.examples
+    labels = [e.label for e in examples]
+    retrieval = prepared.artifact.retrieval
+    out = []
+    for query in queries:
+        scores = prepared.scorer.scores(query.text)
+        chosen = select(scores, labels, max(1, retrieval.k), retrieval)
+        refusal = bool(chosen) and all(examples[i].label == "refusal" for i in chosen)
+        out.append((query, refusal, max(scores, default=0.0)))
+    return out
+
+
+def shares(rows: list[tuple[LabelledQuery, bool, float]]) -> dict[str, float]:
+    out = {}
+    for label in LABELS:
+        mine = [refused for q, refused, _ in rows if q.label == label]
+        if mine:
+            out[f"{label}_refusal_block"] = round(sum(mine) / len(mine), 3)
+    return out
+
+
+def _with(artifact: Artifact, **changes: Any) -> Artifact:
+    retrieval = artifact.retrieval.model_dump()
+    retrieval.update(changes)
+    return artifact.with_changes(retrieval=RetrievalSettings(**retrieval))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", action="append", default=[], help="labelled set name (repeatable)")
+    parser.add_argument("--queries", action="append", type=Path, default=[], help="labelled JSONL (repeatable)")
+    parser.add_argument("--artifact", type=Path, help="artifact JSON (default: the built-in default)")
+    parser.add_argument("--method", action="append", default=[], help="bm25 | embedding | hybrid (repeatable)")
+    parser.add_argument("--grid", action="store_true", help="sweep refusal_share and neighbours")
+    parser.add_argument("--show-misses", type=int, default=0, help="print this many wrong decisions per label")
+    args = parser.parse_args(argv)
+
+    queries = gather(args.set or ["builtin-val"], args.queries)
+    artifact = Artifact.from_json(args.artifact.read_bytes()) if args.artifact else default_artifact()
+    methods = args.method or [artifact.retrieval.method]
+    print(f"{len(queries)} queries, library of {len(artifact.examples)}, k={artifact.retrieval.k}")
+    summary: dict[str, Any] = {}
+    for method in methods:
+        variants = [_with(artifact, method=method)]
+        if args.grid:
+            variants = [
+                _with(artifact, method=method, refusal_share=share, neighbours=n)
+                for n in (1, 3, 5, 8)
+                for share in (0.3, 0.4, 0.5, 0.6, 0.7)
+            ]
+        for variant in variants:
+            prepared = PreparedArtifact.build(variant)
+            rows = decisions(prepared, queries)
+            result = shares(rows)
+            r = variant.retrieval
+            name = f"{method} n={r.neighbours} share={r.refusal_share} min={r.min_similarity}"
+            print(f"  {name:<40} " + "  ".join(f"{k.split('_')[0]} {v:.0%}" for k, v in result.items()), flush=True)
+            summary[name] = result
+            if args.show_misses:
+                for label in LABELS:
+                    wrong = [(q, s) for q, refused, s in rows if q.label == label and refused != (label == "harmful")]
+                    for q, best in wrong[: args.show_misses]:
+                        print(f"    miss [{label}] best={best:.2f} {q.text[:100]!r}")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
