@@ -1,37 +1,54 @@
-"""The versioned artifact store, on diskcache.
+"""The versioned artifact store, on diskcache (SQLite underneath).
 
-Layout of keys in one diskcache ``Cache`` (SQLite underneath):
+Records (schema 2; keys are JSON arrays as strings, see ``prompts/store_layout.py`` for
+why every value is inline in SQLite, nothing is evicted and no value grows):
 
-- ``("artifact", model, version)`` → artifact JSON (bytes). Immutable once written.
-- ``("versions", model)``          → JSON list of ``{"version", "added_at"}`` in insertion order.
-- ``("history", model)``           → JSON list of ``{"version", "at", "action"}`` activations.
-- ``("active", model)``            → the active version id.
-- ``"generation"``                 → counter bumped on every change of an active pointer.
+- ``["artifact", model, version]`` → artifact JSON. Immutable once written.
+- ``["version", model, seq]`` → ``{"version", "added_at", "method", "scores", "created_at"}``,
+  one row per version in insertion order (seq from 1), with the count in
+  ``["count", "version", model]``; ``["version-seq", model, version]`` → seq, the exact index.
+- ``["history", model, seq]`` → ``{"version", "at", "action", "below"}``, one row per
+  activation or rollback, count in ``["count", "history", model]``.
+- ``["active", model]`` → the active version id.
+- ``["models"]`` → sorted JSON list of model ids with at least one version.
+- ``["generation"]`` → counter bumped on every change of an active pointer.
+- ``["schema"]`` → layout version; an older layout is migrated on open (``store_migrate``).
 
-Every multi-key change runs inside ``cache.transact()``, one SQLite transaction, so a
-reader in another process sees either the old state or the new one, never half of it.
-Values are JSON, never pickle. ``generation`` lets the proxy notice a change with one
-cheap read instead of reloading every artifact.
+Activations form a stack, and rollback pops it (C → B → A). Rather than replaying the whole
+history on each rollback, every history entry stands for the top of the stack after it and
+links (``below``) to the entry standing for the element under it; the newest entry is the
+top, so the history count doubles as the stack pointer and a rollback reads two or three rows.
+
+Every change runs inside one ``cache.transact()``, one SQLite transaction with nothing
+outside the database, so a reader in another process, or the store after a crash, sees
+the state before a change or after it, never a mix. ``generation`` lets the proxy notice
+a change with one cheap read instead of reloading every artifact.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import diskcache
 import orjson
 from pydantic import ValidationError
 
 from prompts.artifact import Artifact
-from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack
-
-_GENERATION = "generation"
+from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack, PromptsError
+from prompts.store_layout import (
+    GENERATION_KEY,
+    MODELS_KEY,
+    AppendLog,
+    active_key,
+    artifact_key,
+    load_json,
+    open_cache,
+    version_index_key,
+)
+from prompts.store_migrate import ensure_schema, version_summary
 
 
 def _now() -> str:
@@ -74,9 +91,14 @@ class PromptStore:
     def __init__(self, directory: Path | str) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        # JSONDisk would also work; we store bytes we serialised ourselves so the on-disk
-        # format is plain JSON regardless of diskcache's disk class.
-        self._cache = diskcache.Cache(str(self.directory), timeout=30)
+        self._cache = open_cache(self.directory)
+        try:
+            ensure_schema(self._cache)
+        except BaseException:
+            self._cache.close()
+            raise
+        self._versions = AppendLog(self._cache, "version")
+        self._history = AppendLog(self._cache, "history")
 
     def close(self) -> None:
         self._cache.close()
@@ -89,22 +111,14 @@ class PromptStore:
 
     # -- reading ---------------------------------------------------------------
 
-    def _json(self, key: Any, default: Any) -> Any:
-        raw = self._cache.get(key)
-        return default if raw is None else orjson.loads(raw)
-
     def generation(self) -> int:
-        return int(self._cache.get(_GENERATION, 0))
+        return int(self._cache.get(GENERATION_KEY, 0))
 
     def models(self) -> list[str]:
-        names = {key[1] for key in self._keys() if isinstance(key, tuple) and key[0] == "versions"}
-        return sorted(names)
-
-    def _keys(self) -> Iterator[Any]:
-        return iter(self._cache)
+        return [str(name) for name in load_json(self._cache, MODELS_KEY, [])]
 
     def active_version(self, model: str) -> str | None:
-        value = self._cache.get(("active", model))
+        value = self._cache.get(active_key(model))
         return None if value is None else str(value)
 
     def get(self, model: str, version: str | None = None) -> Artifact:
@@ -113,18 +127,19 @@ class PromptStore:
             version = self.active_version(model)
             if version is None:
                 raise ArtifactNotFound(f"model {model!r} has no active prompt version")
-        version = self._resolve_version(model, version)
-        raw = self._cache.get(("artifact", model, version))
+        return self._load(model, self._resolve_version(model, version))
+
+    def _load(self, model: str, version: str) -> Artifact:
+        raw = self._cache.get(artifact_key(model, version))
         if raw is None:
             raise ArtifactNotFound(f"model {model!r} has no version {version!r}")
         return parse_artifact(raw, f"stored artifact {model}@{version}")
 
     def _resolve_version(self, model: str, version: str) -> str:
-        """Accept a unique prefix of a version id, like git does."""
-        known = [str(v["version"]) for v in self._json(("versions", model), [])]
-        if version in known:
+        """Accept a unique prefix of a version id, like git does (exact ids need one read)."""
+        if self._cache.get(version_index_key(model, version)) is not None:
             return version
-        matches = [v for v in known if v.startswith(version)]
+        matches = [str(r["version"]) for _, r in self._versions.entries(model) if str(r["version"]).startswith(version)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -133,23 +148,22 @@ class PromptStore:
 
     def versions(self, model: str) -> list[VersionInfo]:
         active = self.active_version(model)
-        out = []
-        for entry in self._json(("versions", model), []):
-            artifact = self.get(model, entry["version"])
-            out.append(
-                VersionInfo(
-                    version=entry["version"],
-                    added_at=entry["added_at"],
-                    active=entry["version"] == active,
-                    method=artifact.provenance.method,
-                    scores=dict(artifact.provenance.scores),
-                    created_at=artifact.provenance.created_at.isoformat(),
-                )
+        return [
+            VersionInfo(
+                version=str(row["version"]),
+                added_at=str(row["added_at"]),
+                active=row["version"] == active,
+                method=str(row["method"]),
+                scores={name: float(value) for name, value in row["scores"].items()},
+                created_at=str(row["created_at"]),
             )
-        return out
+            for _, row in self._versions.entries(model)
+        ]
 
     def history(self, model: str) -> list[dict[str, str]]:
-        return list(self._json(("history", model), []))
+        return [
+            {name: str(row[name]) for name in ("version", "at", "action")} for _, row in self._history.entries(model)
+        ]
 
     def active_artifacts(self) -> dict[str, Artifact]:
         """Every model's active artifact (what the proxy snapshots into memory)."""
@@ -157,7 +171,7 @@ class PromptStore:
         for model in self.models():
             version = self.active_version(model)
             if version is not None:
-                out[model] = self.get(model, version)
+                out[model] = self._load(model, version)
         return out
 
     # -- writing ---------------------------------------------------------------
@@ -166,28 +180,37 @@ class PromptStore:
         """Store an artifact version (idempotent: same content, same version)."""
         model = artifact.model
         with self._cache.transact():
-            key = ("artifact", model, artifact.version)
-            if key not in self._cache:
-                self._cache.set(key, artifact.to_json())
-                versions = self._json(("versions", model), [])
-                versions.append({"version": artifact.version, "added_at": _now()})
-                self._cache.set(("versions", model), orjson.dumps(versions))
+            if self._cache.get(version_index_key(model, artifact.version)) is None:
+                self._cache.set(artifact_key(model, artifact.version), artifact.to_json())
+                seq = self._versions.append(model, version_summary(artifact, _now()))
+                self._cache.set(version_index_key(model, artifact.version), seq)
+                models = self.models()
+                if model not in models:
+                    self._cache.set(MODELS_KEY, orjson.dumps(sorted([*models, model])))
             if activate:
-                self._activate_locked(model, artifact.version, "activate")
+                self._activate_locked(model, artifact.version)
         return artifact
 
     def activate(self, model: str, version: str) -> str:
         with self._cache.transact():
             resolved = self._resolve_version(model, version)
-            self._activate_locked(model, resolved, "activate")
+            self._activate_locked(model, resolved)
         return resolved
 
-    def _activate_locked(self, model: str, version: str, action: str) -> None:
-        self._cache.set(("active", model), version)
-        history = self._json(("history", model), [])
-        history.append({"version": version, "at": _now(), "action": action})
-        self._cache.set(("history", model), orjson.dumps(history))
-        self._cache.set(_GENERATION, self.generation() + 1)
+    def _activate_locked(self, model: str, version: str) -> None:
+        """Push ``version`` on the activation stack unless it is already on top."""
+        last = self._history.last(model)
+        if last is None:
+            below = 0
+        else:
+            seq, top = last
+            below = int(top["below"]) if top["version"] == version else seq
+        self._record_activation(model, version, "activate", below)
+
+    def _record_activation(self, model: str, version: str, action: str, below: int) -> None:
+        self._cache.set(active_key(model), version)
+        self._history.append(model, {"version": version, "at": _now(), "action": action, "below": below})
+        self._cache.set(GENERATION_KEY, self.generation() + 1)
 
     def rollback(self, model: str) -> str:
         """Re-activate the version that was active before the current one.
@@ -199,19 +222,24 @@ class PromptStore:
             current = self.active_version(model)
             if current is None:
                 raise NothingToRollBack(f"model {model!r} has no active version to roll back from")
-            stack = _activation_stack(self._json(("history", model), []))
-            while stack and stack[-1] == current:
-                stack.pop()
-            if not stack:
+            node = self._history.count(model)
+            entry = self._history.get(model, node) if node else None
+            while entry is not None and entry["version"] == current:
+                below = int(entry["below"])
+                if below >= node:
+                    raise PromptsError(f"activation history of {model!r} is corrupt at entry {node}")
+                node = below
+                entry = self._history.get(model, node) if node else None
+            if entry is None:
                 raise NothingToRollBack(f"model {model!r} has no earlier active version")
-            target = stack[-1]
-            self._activate_locked(model, target, "rollback")
+            target = str(entry["version"])
+            self._record_activation(model, target, "rollback", int(entry["below"]))
         return target
 
     def deactivate(self, model: str) -> None:
         with self._cache.transact():
-            self._cache.delete(("active", model))
-            self._cache.set(_GENERATION, self.generation() + 1)
+            self._cache.delete(active_key(model))
+            self._cache.set(GENERATION_KEY, self.generation() + 1)
 
     # -- import / export -------------------------------------------------------
 
@@ -226,20 +254,6 @@ class PromptStore:
         except OSError as exc:
             raise InvalidArtifact(f"cannot read {path}: {exc.strerror or exc}") from exc
         return self.put(parse_artifact(raw, str(path)), activate=activate)
-
-
-def _activation_stack(history: list[dict[str, str]]) -> list[str]:
-    """Replay activations (push) and rollbacks (pop back to their target)."""
-    stack: list[str] = []
-    for entry in history:
-        version = entry["version"]
-        if entry.get("action") == "rollback" and stack:
-            stack.pop()
-            if stack and stack[-1] == version:
-                continue
-        if not stack or stack[-1] != version:
-            stack.append(version)
-    return stack
 
 
 def write_atomic(path: Path, data: bytes) -> None:

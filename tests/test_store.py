@@ -159,9 +159,13 @@ def test_persists_as_json_across_reopen(tmp_path: Path) -> None:
     with PromptStore(tmp_path / "s") as second:
         assert second.get("m") == a
     with diskcache.Cache(str(tmp_path / "s")) as raw:
-        stored = raw.get(("artifact", "m", a.version))
+        stored = raw.get(json.dumps(["artifact", "m", a.version], separators=(",", ":")))
+        keys = list(raw)
     assert isinstance(stored, bytes)
     assert orjson.loads(stored)["version"] == a.version
+    # Every key is a plain string (diskcache would pickle anything else) and no value is a file.
+    assert all(isinstance(k, str) for k in keys)
+    assert not [p for p in (tmp_path / "s").rglob("*.val")]
 
 
 def test_export_import_round_trip(store: PromptStore, tmp_path: Path) -> None:
