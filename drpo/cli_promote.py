@@ -1,0 +1,67 @@
+"""`drpo prompts promote MODEL VERSION`: activate a version only if it passes the gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from drpo.cli_optimize import _target_endpoint
+from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GATE_MAX_TOKENS, GateSettings, gate_and_activate
+from optimizer.errors import OptimizerError
+from optimizer.evalsets import BUILTIN_VAL, SET_NAMES
+from optimizer.gate import DEFAULT_MARGIN
+from prompts.config import ConfigError, Settings, get_settings
+from prompts.errors import PromptsError
+from prompts.store import PromptStore
+
+HELP = (
+    "Activate VERSION of MODEL only if, on labelled prompts (default: the packaged validation set), it is no "
+    "worse than the active version (or the built-in default) on every refusal rate, within --margin, and "
+    "better on the objective. Otherwise it stays a candidate: the reason is printed and the exit code is 4. "
+    "The eval report is stored either way. --force activates without the gate."
+)
+
+
+def promote(
+    model: str = typer.Argument(..., help="Model id."),
+    version: str = typer.Argument(..., help="Version id or unique prefix."),
+    force: bool = typer.Option(False, "--force", help="Activate without evaluating."),
+    sets: list[str] = typer.Option([], "--set", help=f"Gate set (repeatable): {', '.join(SET_NAMES)}."),
+    queries: list[Path] = typer.Option([], "--queries", help="Labelled JSONL gate file (repeatable)."),
+    margin: float = typer.Option(DEFAULT_MARGIN, "--margin", min=0.0, max=1.0, help="Allowed worsening per rate."),
+    objective: str = typer.Option("alignment", "--objective", help="alignment | judge."),
+    backend: str = typer.Option(None, "--backend", help="Target endpoint URL (default: config / embedded)."),
+    max_tokens: int = typer.Option(GATE_MAX_TOKENS, "--max-tokens", min=1, help="Answer length cap."),
+    config: Path = typer.Option(None, "--config", help="YAML/TOML config file."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+) -> None:
+    console = Console(stderr=True)
+    if objective not in ("alignment", "judge"):
+        raise typer.BadParameter("must be alignment or judge", param_hint="--objective")
+    if "test" in sets or "eval-dev:test" in sets:
+        raise typer.BadParameter("the test split is for reporting only; gate on val or builtin-val", param_hint="--set")
+    try:
+        settings = Settings(config=config) if config else get_settings()
+        file_config = settings.file_config()
+        if force:
+            with PromptStore(settings.store_dir) as store:
+                resolved = store.activate(model, version)
+            typer.echo(f"promoted {resolved} (forced, gate skipped)")
+            return
+        target_url, target_key = _target_endpoint(model, backend, settings, file_config)
+        gate = GateSettings(
+            tuple(sets) if sets or queries else (BUILTIN_VAL,),
+            tuple(queries),
+            margin,
+            objective,  # type: ignore[arg-type]
+            max_tokens,
+        )
+        outcome = gate_and_activate(console, settings, model, version, target_url, target_key, gate, quiet)
+    except (ConfigError, PromptsError, OptimizerError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(outcome.message())
+    if not outcome.decision.promote:
+        raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
