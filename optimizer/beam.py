@@ -1,4 +1,4 @@
-"""Stage 2: beam search over system prompts (DESIGN.md §2).
+"""Stage 2: beam search over system prompts (docs/architecture.md, "The optimizer's algorithm").
 
 Level ``t`` uses training query ``t``. Every state in the beam has already been
 evaluated on it (answer under its prompt + retrieved examples, judged); that evaluation
