@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,9 +16,11 @@ from pathlib import Path
 import diskcache
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from prompts.artifact import Artifact, Example, Provenance
-from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack
+from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack, PromptsError
 from prompts.store import PromptStore, write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,3 +339,191 @@ def test_reader_process_never_sees_partial_state(tmp_path: Path) -> None:
     result = json.loads(out)
     assert result["errors"] == []
     assert result["reads"] > 1
+
+
+# -- never evicts ---------------------------------------------------------------
+
+
+def test_store_settings_disable_eviction_and_value_files(store: PromptStore) -> None:
+    with diskcache.Cache(str(store.directory)) as raw:  # reads the settings the store persisted
+        assert raw.eviction_policy == "none"
+        assert raw.cull_limit == 0
+        assert raw.disk_min_file_size >= 2**30
+
+
+def test_writing_past_the_size_limit_keeps_every_version(tmp_path: Path) -> None:
+    # diskcache's default size limit is 1 GiB; a store created with a small one (diskcache
+    # keeps settings in the database) shows the same culling without writing a gigabyte.
+    directory = tmp_path / "store"
+    diskcache.Cache(str(directory), size_limit=100_000).close()
+    written = []
+    with PromptStore(directory) as store:
+        for n in range(120):  # ~1 MB of artifacts: ten times the limit
+            artifact = Artifact(
+                model="m",
+                system_prompt=f"Prompt {n}",
+                examples=(Example(query=f"q{n}", answer="a" * 8000),),
+            )
+            written.append(store.put(artifact, activate=n % 10 == 0))
+    with PromptStore(directory) as store:
+        assert [i.version for i in store.versions("m")] == [a.version for a in written]
+        assert all(store.get("m", a.version) == a for a in written)
+        assert len(store.history("m")) == 12
+
+
+# -- rollback keeps the stack semantics ---------------------------------------------
+
+
+def _reference_stack(history: list[tuple[str, str]]) -> list[str]:
+    """The activation stack as the store defined it before rows had links: replay everything."""
+    stack: list[str] = []
+    for version, action in history:
+        if action == "rollback" and stack:
+            stack.pop()
+            if stack and stack[-1] == version:
+                continue
+        if not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
+
+
+def _reference_rollback(history: list[tuple[str, str]], active: str | None) -> str | None:
+    if active is None:
+        return None
+    stack = _reference_stack(history)
+    while stack and stack[-1] == active:
+        stack.pop()
+    return stack[-1] if stack else None
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("activate"), st.integers(0, 3)),
+        st.tuples(st.just("put-activate"), st.integers(0, 3)),
+        st.tuples(st.just("rollback"), st.just(0)),
+        st.tuples(st.just("deactivate"), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations=OPERATIONS)
+def test_rollback_matches_replaying_the_history(operations: list[tuple[str, int]]) -> None:
+    with tempfile.TemporaryDirectory() as directory, PromptStore(directory) as store:
+        artifacts = [store.put(_artifact(p)) for p in "ABCD"]
+        history: list[tuple[str, str]] = []
+        active: str | None = None
+        for name, n in operations:
+            version = artifacts[n].version
+            if name == "activate":
+                store.activate("m", version)
+                history.append((version, "activate"))
+                active = version
+            elif name == "put-activate":
+                store.put(artifacts[n], activate=True)
+                history.append((version, "activate"))
+                active = version
+            elif name == "deactivate":
+                store.deactivate("m")
+                active = None
+            else:
+                expected = _reference_rollback(history, active)
+                if expected is None:
+                    with pytest.raises(NothingToRollBack):
+                        store.rollback("m")
+                else:
+                    assert store.rollback("m") == expected
+                    history.append((expected, "rollback"))
+                    active = expected
+            assert store.active_version("m") == active
+            assert [(h["version"], h["action"]) for h in store.history("m")] == history
+
+
+# -- migration from the first layout ----------------------------------------------------
+
+
+def _write_old_layout(directory: Path, artifacts: list[Artifact], history: list[tuple[str, str]], active: str) -> None:
+    """A store as the first layout wrote it: pickled tuple keys, JSON lists, default settings."""
+    with diskcache.Cache(str(directory), timeout=30) as raw:
+        for artifact in artifacts:
+            raw.set(("artifact", artifact.model, artifact.version), artifact.to_json())
+        listed = [{"version": a.version, "added_at": f"2024-01-01T00:00:{n:06d}Z"} for n, a in enumerate(artifacts)]
+        raw.set(("versions", "m"), orjson.dumps(listed))
+        entries = [{"version": v, "at": f"2024-02-01T{n:06d}", "action": act} for n, (v, act) in enumerate(history)]
+        raw.set(("history", "m"), orjson.dumps(entries))
+        raw.set(("active", "m"), active)
+        raw.set("generation", len(history) + 3)
+
+
+def _old_history(versions: list[str], length: int) -> tuple[list[tuple[str, str]], str]:
+    """A plausible old history: activations, with a rollback every few steps (old rules)."""
+    history: list[tuple[str, str]] = []
+    active = versions[0]
+    for n in range(length):
+        target = _reference_rollback(history, active) if n % 5 == 4 else None
+        if target is not None:
+            history.append((target, "rollback"))
+            active = target
+        else:
+            active = versions[(n * 13) % len(versions)]
+            history.append((active, "activate"))
+    return history, active
+
+
+def test_opening_an_old_store_migrates_everything(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    artifacts = [_artifact(f"Prompt {n}", method="optimize", scores={"val": n / 4}) for n in range(600)]
+    versions = [a.version for a in artifacts]
+    history, active = _old_history(versions, 500)
+    _write_old_layout(directory, artifacts, history, active)
+    assert list(directory.rglob("*.val")), "the old lists should be big enough to be files"
+
+    with PromptStore(directory) as store:
+        assert store.models() == ["m"]
+        infos = store.versions("m")
+        assert [i.version for i in infos] == versions
+        assert infos[7].added_at == "2024-01-01T00:00:000007Z"
+        assert (infos[7].method, infos[7].scores) == ("optimize", {"val": 7 / 4})
+        assert [i.version for i in infos if i.active] == [active]
+        assert [(h["version"], h["action"]) for h in store.history("m")] == history
+        assert store.history("m")[3]["at"] == "2024-02-01T000003"
+        assert store.generation() == len(history) + 3
+        assert store.get("m", versions[42][:10]) == artifacts[42]
+        assert store.get("m") == artifacts[versions.index(active)]
+        # Rollbacks continue the old stack exactly.
+        for _ in range(5):
+            expected = _reference_rollback(history, active)
+            assert expected is not None
+            assert store.rollback("m") == expected
+            history.append((expected, "rollback"))
+            active = expected
+    with diskcache.Cache(str(directory)) as raw:
+        keys = list(raw)
+        assert raw.get(json.dumps(["schema"])) == 2
+    assert all(isinstance(k, str) for k in keys), "the old pickled keys are gone"
+    assert not list(directory.rglob("*.val")), "every value is inline now"
+    with PromptStore(directory) as reopened:  # a second open finds nothing to migrate
+        assert len(reopened.versions("m")) == 600
+
+
+def test_migration_recovers_versions_of_a_damaged_old_store(tmp_path: Path) -> None:
+    directory = tmp_path / "store"
+    artifacts = [_artifact(f"Prompt {n}") for n in range(600)]
+    _write_old_layout(directory, artifacts, [(artifacts[1].version, "activate")], artifacts[1].version)
+    files = list(directory.rglob("*.val"))
+    assert len(files) == 1  # the version list
+    files[0].unlink()  # what the old bug left behind: a row pointing at a missing file
+    with PromptStore(directory) as store:
+        infos = store.versions("m")
+        assert [i.version for i in infos] == [a.version for a in artifacts]  # in order of creation
+        assert store.get("m") == artifacts[1]
+
+
+def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
+    with PromptStore(tmp_path / "s"):
+        pass
+    with diskcache.Cache(str(tmp_path / "s")) as raw:
+        raw.set(json.dumps(["schema"]), 99)
+    with pytest.raises(PromptsError, match="newer"):
+        PromptStore(tmp_path / "s")

@@ -176,3 +176,25 @@ def test_reader_process_never_fails_during_thousands_of_imports(big_home: Path, 
     assert result["failed"] == 0, result
     assert result["loads"] > 20 and result["versions_seen"] > 1, result
     assert len(_state(home).versions) == VERSIONS + imports
+
+
+def test_ten_thousand_versions_and_activations(tmp_path: Path) -> None:
+    """Correct at the size a refresh worker reaches (speed: bench/store_scale.py)."""
+    count = 10_000
+    with PromptStore(tmp_path / "store") as store:
+        versions = [store.put(_artifact(n)).version for n in range(count)]
+        for n in range(count):
+            store.activate(MODEL, versions[(n * 7919) % count])
+    with PromptStore(tmp_path / "store") as store:
+        infos = store.versions(MODEL)
+        assert [i.version for i in infos] == versions
+        assert infos[1234].scores == {"val": 1234 / 8} and infos[1234].method == "optimize"
+        history = store.history(MODEL)
+        assert len(history) == count
+        # Rollback walks back through the last activations, newest first.
+        for back in range(1, 4):
+            assert store.rollback(MODEL) == versions[((count - 1 - back) * 7919) % count]
+        assert store.get(MODEL, versions[4321][:10]).version == versions[4321]
+        snapshot = ArtifactSnapshot(store, 1.0)
+        snapshot.load_now()
+        assert snapshot.get(MODEL).artifact.version == store.active_version(MODEL)
