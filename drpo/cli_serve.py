@@ -206,6 +206,7 @@ def serve(
         logging.getLogger("httpx").setLevel(logging.WARNING)
     # Import the proxy only here: `drpo prompts ...` should not pay for FastAPI.
     from proxy.app import create_app
+    from proxy.protocol import ServerLimits
     from proxy.server import run
 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -223,7 +224,7 @@ def serve(
                 typer.echo(
                     "warning: --insecure: no client keys, anyone who can reach this address may use it", err=True
                 )
-            run(app, live.host, live.port, live.log_level.lower())
+            run(app, live.host, live.port, live.log_level.lower(), ServerLimits.from_settings(live))
     except EmbeddedBackendError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

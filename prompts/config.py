@@ -15,6 +15,11 @@ DRPO_BACKEND_URL      a single backend for every model (same as ``--backend``)
 DRPO_BACKEND_API_KEY  key sent to that backend
 DRPO_BACKEND_KIND     that backend's dialect: auto (default) | openai | vllm | llamacpp
 DRPO_MAX_BODY_BYTES   request body limit (413 above it)
+DRPO_MAX_HEADER_BYTES request line + headers limit (431 above it; 64 KiB)
+DRPO_HEADER_TIMEOUT   seconds a client has to send a request's headers (408 after; 10)
+DRPO_BODY_TIMEOUT     seconds a request body may stall without a byte (408 after; 30)
+DRPO_KEEPALIVE_TIMEOUT  seconds an idle client connection is kept open between requests (5)
+DRPO_MAX_CONNECTIONS  client connections; beyond it the longest-idle are closed (2048)
 DRPO_CONNECT_TIMEOUT  seconds to connect to a backend
 DRPO_READ_TIMEOUT     seconds to wait for backend bytes (504 after)
 DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
@@ -174,6 +179,12 @@ class Settings(BaseSettings):
     backend_api_key: SecretStr | None = None
     backend_kind: BackendKind = "auto"
     max_body_bytes: int = 8 * 1024 * 1024
+    # Client-side connection limits, enforced by proxy/protocol.py (see its docstring).
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keepalive_timeout: float = Field(default=5.0, gt=0)
+    max_connections: int = Field(default=2048, ge=1)
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
     models_cache_ttl: float = 60.0

@@ -1,8 +1,15 @@
-"""Run the proxy app under uvicorn (uvloop + httptools, no access log)."""
+"""Run the proxy app under uvicorn (uvloop + httptools, no access log).
+
+Connections are served by :class:`proxy.protocol.LimitedHttpToolsProtocol`: header size,
+header/body read timeouts, keep-alive timeout and a connection cap (see that module).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
+import resource
 import signal
 import threading
 from collections.abc import Iterator
@@ -10,7 +17,13 @@ from collections.abc import Iterator
 import uvicorn
 from starlette.types import ASGIApp
 
+from proxy.protocol import ServerLimits, protocol_class
+
+logger = logging.getLogger(__name__)
+
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# File descriptors kept out of the connection cap: listeners, the store, logs, the backend pool's spares.
+_RESERVED_FDS = 64
 
 
 class _Server(uvicorn.Server):
@@ -33,18 +46,45 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def run(app: ASGIApp, host: str, port: int, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully and return."""
+def fit_to_fd_limit(limits: ServerLimits) -> ServerLimits:
+    """``limits`` with ``max_connections`` lowered so the process cannot run out of fds.
+
+    Each client connection may hold a backend connection too, so the cap is at most half of
+    what the soft ``RLIMIT_NOFILE`` leaves after a reserve.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    room = max(16, (soft - _RESERVED_FDS) // 2)
+    if limits.max_connections <= room:
+        return limits
+    logger.warning(
+        "max connections lowered from %d to %d to fit the open-file limit (%d)", limits.max_connections, room, soft
+    )
+    return dataclasses.replace(limits, max_connections=room)
+
+
+def build_server(
+    app: ASGIApp, host: str, port: int, log_level: str = "info", limits: ServerLimits | None = None
+) -> uvicorn.Server:
+    """The uvicorn server :func:`run` runs (tests start it in a thread)."""
+    limits = fit_to_fd_limit(limits or ServerLimits())
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level.lower(),
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(limits),
         lifespan="on",
         access_log=False,
         server_header=False,
+        timeout_keep_alive=limits.keepalive_timeout,  # type: ignore[arg-type]  # typed int, used as a delay
         timeout_graceful_shutdown=10,
     )
-    _Server(config).run()
+    return _Server(config)
+
+
+def run(app: ASGIApp, host: str, port: int, log_level: str = "info", limits: ServerLimits | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully and return."""
+    build_server(app, host, port, log_level, limits).run()
