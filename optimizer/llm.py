@@ -9,7 +9,8 @@ must behave the same whatever the transport:
   A call is written to the cache the moment it completes, so a killed run loses
   nothing that was already computed;
 - the budget (``--max-calls``, ``--max-tokens``), charged for fresh calls only;
-- an asyncio semaphore (``--concurrency``) and exponential backoff on 429/5xx;
+- an asyncio semaphore (``--concurrency``) and exponential backoff with full jitter on
+  429/5xx (a ``Retry-After`` is honoured);
 - structured output: ``response_format`` in the endpoint's dialect, pydantic
   validation, a corrective retry, then tolerant extraction; failures are counted and
   returned as ``None``, never turned into a number.
@@ -21,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,6 +34,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from optimizer.errors import BudgetExceeded, LLMCallError, RequestRejected, TransientLLMError
+from prompts.dialects import LLAMACPP, kind_from_owners, llamacpp_json_format
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +190,7 @@ def response_format(dialect: JsonDialect, name: str, schema: dict[str, Any]) -> 
         strict_schema = _strip_keys(schema, _STRICT_UNSUPPORTED)
         return {"type": "json_schema", "json_schema": {"name": name, "schema": strict_schema, "strict": True}}
     if dialect == "json_object":
-        return {"type": "json_object", "schema": schema}
+        return llamacpp_json_format(schema)
     return None
 
 
@@ -199,6 +202,26 @@ class Parsed(Generic[M]):
     attempts: int
     recovered: bool = False
     error: str | None = None
+
+
+# -- backoff ---------------------------------------------------------------------------------------
+
+MAX_BACKOFF = 30.0  # seconds: the longest computed wait between two attempts
+MAX_RETRY_AFTER = 120.0  # seconds: the longest server-requested wait we honour
+
+
+def backoff_delay(attempt: int, base: float, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait before retry number ``attempt + 1``.
+
+    Full jitter (uniform in ``[0, min(cap, base * 2**attempt)]``): calls that failed
+    together after one 429 spread out instead of retrying in lockstep. A server's
+    ``Retry-After`` is a lower bound: we wait that long plus a jitter of up to itself,
+    at most ``base`` (so ``Retry-After: 0`` still means "now").
+    """
+    if retry_after is not None and retry_after >= 0:
+        wait = min(retry_after, MAX_RETRY_AFTER)
+        return wait + rng.uniform(0.0, min(base, wait))
+    return rng.uniform(0.0, min(MAX_BACKOFF, base * 2**attempt))
 
 
 # -- the client --------------------------------------------------------------------------------------
@@ -215,6 +238,7 @@ class LLMClient:
         backoff_base: float = 0.5,
         json_retries: int = 1,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self.transport = transport
         self.cache = cache
@@ -225,6 +249,7 @@ class LLMClient:
         self._backoff_base = backoff_base
         self._json_retries = json_retries
         self._sleep = sleep
+        self._rng = rng or random.Random()
         self._in_flight = 0
         self._dialects: dict[str, JsonDialect] = {}
         self._dialect_locks: dict[str, asyncio.Lock] = {}
@@ -270,10 +295,10 @@ class LLMClient:
             except TransientLLMError as exc:
                 if attempt + 1 >= self._max_attempts:
                     raise LLMCallError(f"{endpoint.role} endpoint kept failing: {exc}") from exc
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff_base * 2**attempt
+                delay = backoff_delay(attempt, self._backoff_base, exc.retry_after, self._rng)
                 self.counters.transient_retries += 1
                 logger.warning("%s call failed (%s); retrying in %.1fs", endpoint.role, exc, delay)
-                await self._sleep(min(delay, 30.0))
+                await self._sleep(delay)
         raise AssertionError("unreachable")
 
     # -- structured output ------------------------------------------------------------------------
@@ -290,9 +315,8 @@ class LLMClient:
             self._confirmed.add(ident)
             return self._dialects[ident]
         owners = await self.transport.model_owners(endpoint)
-        # llama.cpp's servers speak json_object + schema: the C++ server reports owned_by
-        # "llamacpp", llama-cpp-python's server "me". Anything else starts with json_schema.
-        dialect: JsonDialect = "json_object" if any(o in _LLAMA_OWNERS for o in owners) else "json_schema"
+        # llama.cpp's servers speak json_object + schema; anything else starts with json_schema.
+        dialect: JsonDialect = "json_object" if kind_from_owners(owners) == LLAMACPP else "json_schema"
         self._remember_dialect(ident, memo_key, dialect)
         return dialect
 
@@ -386,7 +410,6 @@ class LLMClient:
                 dialect = fallback
 
 
-_LLAMA_OWNERS = frozenset({"llamacpp", "llama-cpp", "me"})
 _FALLBACK: dict[JsonDialect, JsonDialect] = {"json_schema": "json_object", "json_object": "none"}
 
 

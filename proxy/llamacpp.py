@@ -27,41 +27,15 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
 from typing import Any
 
-import orjson
+from prompts.dialects import kind_from_models, rewrite_json_schema_format
+from proxy.errors import BadBackendResponse
+from proxy.streaming import _chat_id, checked_choices, checked_usage, iter_events, parse_event, sse_data
 
-from proxy.streaming import _chat_id, iter_events, sse_data
-
-# owned_by in /v1/models → kind: llama-cpp-python says "me", llama.cpp's C++ server "llamacpp".
-_OWNERS = {"me": "llamacpp", "llamacpp": "llamacpp", "vllm": "vllm"}
-
-
-def detect_kind(entries: Iterable[dict[str, Any]]) -> str:
-    """``llamacpp``, ``vllm`` or ``openai`` from a backend's ``/v1/models`` entries."""
-    for entry in entries:
-        kind = _OWNERS.get(str(entry.get("owned_by", "")).lower())
-        if kind is not None:
-            return kind
-    return "openai"
-
-
-def rewrite_response_format(body: dict[str, Any]) -> bool:
-    """OpenAI's ``json_schema`` response format → llama.cpp's ``json_object`` + ``schema``.
-
-    Only ``response_format`` changes (``name`` and ``strict`` have no llama.cpp
-    equivalent: the grammar is always strict). Returns whether the body changed.
-    """
-    rf = body.get("response_format")
-    if not isinstance(rf, dict) or rf.get("type") != "json_schema":
-        return False
-    spec = rf.get("json_schema")
-    new: dict[str, Any] = {"type": "json_object"}
-    if isinstance(spec, dict) and spec.get("schema") is not None:
-        new["schema"] = spec["schema"]
-    body["response_format"] = new
-    return True
+# The dialect knowledge lives in prompts.dialects (the optimizer uses it too); these are its proxy names.
+detect_kind = kind_from_models
+rewrite_response_format = rewrite_json_schema_format
 
 
 # Roughly one token each for SmolLM2-like BPE vocabularies (measured: 1.03 ± 0.06 tokens per piece).
@@ -125,25 +99,27 @@ class UsageFiller:
         self.done = False
 
     def observe(self, block: bytes) -> None:
+        """Count the tokens of complete backend events; :class:`BadBackendResponse` for a malformed one."""
         for kind, payload in iter_events(block):
             if kind != "data" or payload.strip() == b"[DONE]":
                 continue
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                continue
-            if not isinstance(data, dict):
-                continue
+            data = parse_event(payload)
             if "error" in data:
                 self.failed = True
-            if data.get("usage") is not None:
+                continue
+            choices = checked_choices(data)
+            if checked_usage(data) is not None:
                 self._upstream_usage = True
-            if self._id is None and data.get("id") is not None:
-                self._id = str(data["id"])
-                self._created = int(data.get("created") or self._created)
-                self._model = str(data.get("model") or self._model)
-            for choice in data.get("choices") or ():
-                if isinstance(choice, dict) and _carries_a_token(choice):
+            if self._id is None and isinstance(data.get("id"), str) and data["id"]:
+                self._id = data["id"]
+                created = data.get("created")
+                if isinstance(created, int) and not isinstance(created, bool) and 0 < created < 2**53:
+                    self._created = created
+                model = data.get("model")
+                if isinstance(model, str) and model:
+                    self._model = model
+            for choice in choices:
+                if _carries_a_token(choice):
                     self._tokens += 1
 
     def insert(self, block: bytes) -> bytes:
@@ -183,6 +159,8 @@ def _carries_a_token(choice: dict[str, Any]) -> bool:
     if choice.get("finish_reason") is not None:
         return False  # llama-cpp-python's closing chunk: empty text / empty delta
     delta = choice.get("delta")
-    if isinstance(delta, dict):
-        return bool(delta) and "role" not in delta  # the opening role chunk carries none
-    return "text" in choice
+    if delta is None:
+        return "text" in choice
+    if not isinstance(delta, dict):
+        raise BadBackendResponse("the backend sent a malformed chunk: a choice's 'delta' is not an object")
+    return bool(delta) and "role" not in delta  # the opening role chunk carries none
