@@ -6,6 +6,9 @@ backoff does that, so every attempt is counted and visible.
 
 from __future__ import annotations
 
+import email.utils
+import math
+import time
 from typing import Any
 
 import openai
@@ -17,12 +20,25 @@ from optimizer.llm import Completion, Endpoint, Kind
 _TIMEOUT = 600.0
 
 
-def _retry_after(error: openai.APIStatusError) -> float | None:
-    value = error.response.headers.get("retry-after")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds: delta-seconds or an HTTP date (RFC 9110); None if absent or bad."""
+    if value is None:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _retry_after(error: openai.APIStatusError) -> float | None:
+    return retry_after_seconds(error.response.headers.get("retry-after"))
 
 
 class OpenAITransport:
