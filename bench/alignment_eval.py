@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--optimized", type=Path, help="an artifact JSON for the 'optimized' condition")
     parser.add_argument("--backend", help="OpenAI-compatible URL (…/v1) instead of the embedded backend")
     parser.add_argument("--model", default=EMBEDDED_MODEL_ID)
-    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--out", type=Path, help="write the full report (every answer) here")
     args = parser.parse_args(argv)

@@ -11,7 +11,7 @@ Usage::
 
     python bench/retrieval_decisions.py --set train                       # the default artifact
     python bench/retrieval_decisions.py --set val --artifact v.json --method hybrid
-    python bench/retrieval_decisions.py --set train --grid                # sweep refusal_share / neighbours
+    python bench/retrieval_decisions.py --set train --grid                # sweep the selection settings
     python bench/retrieval_decisions.py --set train --show-misses 20      # which queries go wrong
 
 The last line is JSON: per method, the refusal-block share per label.
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", action="append", type=Path, default=[], help="labelled JSONL (repeatable)")
     parser.add_argument("--artifact", type=Path, help="artifact JSON (default: the built-in default)")
     parser.add_argument("--method", action="append", default=[], help="bm25 | embedding | hybrid (repeatable)")
-    parser.add_argument("--grid", action="store_true", help="sweep refusal_share and neighbours")
+    parser.add_argument("--grid", action="store_true", help="sweep refusal_share, neighbours and min_similarity")
     parser.add_argument("--show-misses", type=int, default=0, help="print this many wrong decisions per label")
     args = parser.parse_args(argv)
 
@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = [_with(artifact, method=method)]
         if args.grid:
             variants = [
-                _with(artifact, method=method, refusal_share=share, neighbours=n)
-                for n in (1, 3, 5, 8)
-                for share in (0.3, 0.4, 0.5, 0.6, 0.7)
+                _with(artifact, method=method, refusal_share=share, neighbours=n, min_similarity=floor)
+                for n in (8, 16, 32)
+                for share in (0.5, 0.55, 0.6)
+                for floor in (0.3, 0.35, 0.38, 0.42)
             ]
         for variant in variants:
             prepared = PreparedArtifact.build(variant)
