@@ -68,7 +68,7 @@ def default_artifact() -> Artifact:
     return Artifact(
         model=DEFAULT_MODEL_ID,
         system_prompt=SYSTEM_PROMPT,
-        examples=tuple(Example(query=r["query"], answer=r["answer"], label=r["label"]) for r in library_rows()),  # type: ignore[arg-type]
+        examples=tuple(Example(query=r["query"], answer=r["answer"], label=r["label"]) for r in library_rows()),
         retrieval=DEFAULT_RETRIEVAL,
         provenance=Provenance(method="default"),
     )
