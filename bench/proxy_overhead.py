@@ -1,6 +1,7 @@
 """Proxy overhead benchmark: direct-to-backend vs through the proxy, in one run.
 
     .venv/bin/python bench/proxy_overhead.py [--requests 2000] [--throughput-requests 4000]
+        [--transport own|aiohttp|both]
 
 Three processes on loopback, so none shares a GIL with another: a minimal fast fake
 backend (raw ASGI on uvicorn + uvloop + httptools, canned answers), the proxy (the real
@@ -17,7 +18,11 @@ Measured:
 - stream time to first byte at concurrency 1: time until the first ``data:`` chunk of an
   SSE stream arrives, interleaved like the latency test; overhead = p50 difference.
 
-The last line of output is the JSON summary.
+``--transport both`` starts two proxies, one forwarding through our httpcore-based transport,
+one through aiohttp's client (``bench/aiohttp_upstream.py``), and measures direct, one and the
+other interleaved in the same run (the box is shared: only same-run ratios compare).
+
+The last line of output is the JSON summary (one object per transport with ``both``).
 """
 
 from __future__ import annotations
@@ -123,7 +128,15 @@ def serve_backend(port: int) -> None:
     run(backend_app, "127.0.0.1", port, log_level="warning")
 
 
-def serve_proxy(port: int, backend_url: str, home: str, profile: str = "") -> None:
+TRANSPORTS = ("own", "aiohttp")
+TARGETS = {"p50_overhead_ms": 1.0, "p99_overhead_ms": 3.0, "stream_ttfb_overhead_ms": 1.0}
+
+
+def serve_proxy(port: int, backend_url: str, home: str, profile: str = "", transport: str = "own") -> None:
+    if transport == "aiohttp":
+        from aiohttp_upstream import install
+
+        install()  # before the app is built: it picks up the swapped Upstream
     from prompts.config import Settings
     from proxy.app import create_app
     from proxy.server import run
@@ -295,17 +308,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def interleaved(count: int, direct: Callable[[], Awaitable[float]], proxied: Callable[[], Awaitable[float]]):  # type: ignore[no-untyped-def]
-    d, p = [], []
+async def interleaved(count: int, calls: dict[str, Callable[[], Awaitable[float]]]) -> dict[str, list[float]]:
+    """Each side once per round, the order rotated every round so none always follows another."""
+    sides = list(calls)
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for i in range(count):
-        # Alternate which side goes first so neither always follows the other.
-        if i % 2:
-            d.append(await direct())
-            p.append(await proxied())
-        else:
-            p.append(await proxied())
-            d.append(await direct())
-    return d, p
+        shift = i % len(sides)
+        for side in sides[shift:] + sides[:shift]:
+            times[side].append(await calls[side]())
+    return times
 
 
 async def throughput(base: str, body: bytes, total: int, concurrency: int) -> float:
@@ -329,89 +340,116 @@ async def throughput(base: str, body: bytes, total: int, concurrency: int) -> fl
 
 
 async def measure(
-    direct: str, proxy: str, n: int, n_throughput: int, n_stream: int, backend_pid: int, proxy_pid: int
-) -> dict[str, float]:
-    to_direct, to_proxy = Connection(direct), Connection(proxy)
+    direct: str,
+    proxies: dict[str, str],
+    n: int,
+    n_throughput: int,
+    n_stream: int,
+    backend_pid: int,
+    proxy_pids: dict[str, int],
+    rounds: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Direct and every proxy (one per forward transport) measured side by side."""
     body = json.dumps(CLIENT_BODY).encode()
     stream_body = json.dumps({**CLIENT_BODY, "stream": True}).encode()
-    own: list[float] = []
+    connections = {"direct": Connection(direct)} | {name: Connection(url) for name, url in proxies.items()}
+    own: dict[str, list[float]] = {name: [] for name in proxies}
 
-    async def direct_call() -> float:
-        return (await to_direct.post(body))[0]
+    def post_call(side: str) -> Callable[[], Awaitable[float]]:
+        async def call() -> float:
+            elapsed, overhead = await connections[side].post(body)
+            if overhead is not None and side in own:
+                own[side].append(float(overhead))
+            return elapsed
 
-    async def proxy_call() -> float:
-        elapsed, overhead = await to_proxy.post(body)
-        if overhead is not None:
-            own.append(float(overhead))
-        return elapsed
+        return call
 
+    sides = list(connections)
     # Warm-up: connections, caches, the proxy's model discovery.
-    await interleaved(300, direct_call, proxy_call)
-    await throughput(proxy, body, 500, 16)
-    own.clear()
+    await interleaved(300, {side: post_call(side) for side in sides})
+    for url in proxies.values():
+        await throughput(url, body, 500, 16)
+    for values in own.values():
+        values.clear()
 
-    d, p = await interleaved(n, direct_call, proxy_call)
-    d_ms = [x * 1000 for x in d]
-    p_ms = [x * 1000 for x in p]
-    paired = [b - a for a, b in zip(d_ms, p_ms, strict=True)]
-    p50 = pct(p_ms, 50) - pct(d_ms, 50)
-    p99 = pct(p_ms, 99) - pct(d_ms, 99)
-    print(f"latency, concurrency 1, non-stream, {n} interleaved pairs:")
-    print(f"  direct  p50 {pct(d_ms, 50):.3f} ms  p99 {pct(d_ms, 99):.3f} ms")
-    print(f"  proxied p50 {pct(p_ms, 50):.3f} ms  p99 {pct(p_ms, 99):.3f} ms")
-    print(f"  overhead (percentile difference): p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-    print(f"  paired differences for reference: p50 {pct(paired, 50):.3f} ms, p99 {pct(paired, 99):.3f} ms")
-    print(f"  proxy's own x-drpo-overhead-ms: p50 {pct(own, 50):.3f} ms, p99 {pct(own, 99):.3f} ms")
+    times = await interleaved(n, {side: post_call(side) for side in sides})
+    ms = {side: [x * 1000 for x in values] for side, values in times.items()}
+    d_ms = ms["direct"]
+    results: dict[str, dict[str, float]] = {name: {} for name in proxies}
+    print(f"latency, concurrency 1, non-stream, {n} interleaved rounds ({', '.join(sides)}):")
+    print(f"  direct              p50 {pct(d_ms, 50):.3f} ms  p99 {pct(d_ms, 99):.3f} ms")
+    for name in proxies:
+        p_ms = ms[name]
+        paired = [b - a for a, b in zip(d_ms, p_ms, strict=True)]
+        p50 = pct(p_ms, 50) - pct(d_ms, 50)
+        p99 = pct(p_ms, 99) - pct(d_ms, 99)
+        results[name] |= {"p50_overhead_ms": round(p50, 3), "p99_overhead_ms": round(p99, 3)}
+        print(f"  proxied ({name:8})  p50 {pct(p_ms, 50):.3f} ms  p99 {pct(p_ms, 99):.3f} ms")
+        print(f"    overhead (percentile difference): p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+        print(f"    paired differences for reference: p50 {pct(paired, 50):.3f} ms, p99 {pct(paired, 99):.3f} ms")
+        print(f"    proxy's own x-drpo-overhead-ms: p50 {pct(own[name], 50):.3f} ms, p99 {pct(own[name], 99):.3f} ms")
 
     # Throughput twice: with httpx.AsyncClient as the load generator (what the openai SDK
     # and most Python clients use; the way the issue's reference figures were taken), and
     # with the lean raw client, which leaves the proxy's own CPU cost exposed.
-    results = {}
+    bases = {"direct": direct} | proxies
     for label, run in (("httpx.AsyncClient", throughput_httpx), ("raw HTTP/1.1 client", throughput)):
-        rates: dict[str, list[float]] = {"direct": [], "proxy": []}
-        cpu = {"backend": 0.0, "proxy": 0.0}
-        for _ in range(2):
-            rates["direct"].append(await run(direct, body, n_throughput, 16))
-            before = cpu_seconds(backend_pid), cpu_seconds(proxy_pid)
-            rates["proxy"].append(await run(proxy, body, n_throughput, 16))
-            cpu["backend"] += cpu_seconds(backend_pid) - before[0]
-            cpu["proxy"] += cpu_seconds(proxy_pid) - before[1]
+        rates: dict[str, list[float]] = {side: [] for side in bases}
+        cpu = {name: {"backend": 0.0, "proxy": 0.0} for name in proxies}
+        for round_ in range(rounds):
+            # Every other round in reverse, so load drift over the run favours no side.
+            order = list(bases.items()) if round_ % 2 == 0 else list(bases.items())[::-1]
+            for side, base in order:
+                if side == "direct":
+                    rates[side].append(await run(base, body, n_throughput, 16))
+                    continue
+                before = cpu_seconds(backend_pid), cpu_seconds(proxy_pids[side])
+                rates[side].append(await run(base, body, n_throughput, 16))
+                cpu[side]["backend"] += cpu_seconds(backend_pid) - before[0]
+                cpu[side]["proxy"] += cpu_seconds(proxy_pids[side]) - before[1]
         rps_direct = statistics.mean(rates["direct"])
-        rps_proxy = statistics.mean(rates["proxy"])
-        results[label] = (rps_direct, rps_proxy)
-        per = 1e6 / (2 * n_throughput)
-        print(f"throughput, concurrency 16, non-stream, load generator {label}, {n_throughput} requests x 2 rounds:")
-        print(f"  direct {rps_direct:.0f} req/s, proxied {rps_proxy:.0f} req/s, ratio {rps_proxy / rps_direct:.2f}")
+        per = 1e6 / (rounds * n_throughput)
         print(
-            f"  CPU per proxied request (from /proc): proxy {cpu['proxy'] * per:.0f} us, "
-            f"backend {cpu['backend'] * per:.0f} us; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+            f"throughput, concurrency 16, non-stream, load generator {label}, "
+            f"{n_throughput} requests x {rounds} rounds:"
         )
-    rps_direct, rps_proxy = results["httpx.AsyncClient"]
+        print(f"  direct {rps_direct:.0f} req/s (rounds: {', '.join(f'{r:.0f}' for r in rates['direct'])})")
+        for name in proxies:
+            rps_proxy = statistics.mean(rates[name])
+            each = ", ".join(f"{r:.0f}" for r in rates[name])
+            print(f"  proxied ({name}) {rps_proxy:.0f} req/s, ratio {rps_proxy / rps_direct:.2f} (rounds: {each})")
+            print(
+                f"    CPU per proxied request (from /proc): proxy {cpu[name]['proxy'] * per:.0f} us, "
+                f"backend {cpu[name]['backend'] * per:.0f} us"
+            )
+            if label == "httpx.AsyncClient":
+                results[name] |= {"rps_proxy": round(rps_proxy, 1), "rps_direct": round(rps_direct, 1)}
+            else:
+                results[name] |= {"raw_client_ratio": round(rps_proxy / rps_direct, 3)}
+        print(f"  load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
-    async def direct_ttfb() -> float:
-        return await to_direct.ttfb(stream_body)
+    def ttfb_call(side: str) -> Callable[[], Awaitable[float]]:
+        async def call() -> float:
+            return await connections[side].ttfb(stream_body)
 
-    async def proxy_ttfb() -> float:
-        return await to_proxy.ttfb(stream_body)
+        return call
 
     # Fresh connections: the old ones idled past uvicorn's keep-alive timeout meanwhile.
-    to_direct.close()
-    to_proxy.close()
-    to_direct, to_proxy = Connection(direct), Connection(proxy)
-    await interleaved(100, direct_ttfb, proxy_ttfb)
-    sd, sp = await interleaved(n_stream, direct_ttfb, proxy_ttfb)
-    ttfb = pct([x * 1000 for x in sp], 50) - pct([x * 1000 for x in sd], 50)
-    print(f"stream time to first data chunk, concurrency 1, {n_stream} interleaved pairs:")
-    print(f"  direct p50 {pct(sd, 50) * 1000:.3f} ms, proxied p50 {pct(sp, 50) * 1000:.3f} ms, overhead {ttfb:.3f} ms")
-    to_direct.close()
-    to_proxy.close()
-    return {
-        "p50_overhead_ms": round(p50, 3),
-        "p99_overhead_ms": round(p99, 3),
-        "stream_ttfb_overhead_ms": round(ttfb, 3),
-        "rps_proxy": round(rps_proxy, 1),
-        "rps_direct": round(rps_direct, 1),
-    }
+    for connection in connections.values():
+        connection.close()
+    connections = {"direct": Connection(direct)} | {name: Connection(url) for name, url in proxies.items()}
+    await interleaved(100, {side: ttfb_call(side) for side in sides})
+    stream_times = await interleaved(n_stream, {side: ttfb_call(side) for side in sides})
+    sd = pct(stream_times["direct"], 50) * 1000
+    print(f"stream time to first data chunk, concurrency 1, {n_stream} interleaved rounds:")
+    print(f"  direct p50 {sd:.3f} ms")
+    for name in proxies:
+        sp = pct(stream_times[name], 50) * 1000
+        results[name]["stream_ttfb_overhead_ms"] = round(sp - sd, 3)
+        print(f"  proxied ({name}) p50 {sp:.3f} ms, overhead {sp - sd:.3f} ms")
+    for connection in connections.values():
+        connection.close()
+    return results
 
 
 def main() -> None:
@@ -420,25 +458,34 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--backend-url", default="")
     parser.add_argument("--home", default="")
-    parser.add_argument("--requests", type=int, default=2000, help="interleaved pairs for the latency test")
+    parser.add_argument("--requests", type=int, default=2000, help="interleaved rounds for the latency test")
     parser.add_argument("--throughput-requests", type=int, default=4000, help="requests per throughput round")
-    parser.add_argument("--stream-requests", type=int, default=500, help="interleaved pairs for the TTFB test")
-    parser.add_argument("--profile", default="", help="profile the proxy process with cProfile into this file")
+    parser.add_argument("--throughput-rounds", type=int, default=2, help="rounds per side, order reversed each round")
+    parser.add_argument("--stream-requests", type=int, default=500, help="interleaved rounds for the TTFB test")
+    parser.add_argument(
+        "--transport",
+        choices=[*TRANSPORTS, "both"],
+        default="own",
+        help="the proxy's forward path: ours (httpcore + proxy.netstream), aiohttp's client, or both side by side",
+    )
+    parser.add_argument("--profile", default="", help="profile the proxy process(es) with cProfile into FILE.TRANSPORT")
     args = parser.parse_args()
     if args.role == "backend":
         serve_backend(args.port)
         return
     if args.role == "proxy":
-        serve_proxy(args.port, args.backend_url, args.home, args.profile)
+        serve_proxy(args.port, args.backend_url, args.home, args.profile, args.transport)
         return
 
     import uvloop
 
     from drpo.embedded import free_port, wait_until_ok
 
-    backend_port, proxy_port = free_port(), free_port()
+    transports = list(TRANSPORTS) if args.transport == "both" else [args.transport]
+    backend_port = free_port()
     backend_url = f"http://127.0.0.1:{backend_port}/v1"
-    proxy_url = f"http://127.0.0.1:{proxy_port}/v1"
+    proxy_urls: dict[str, str] = {}
+    proxy_pids: dict[str, int] = {}
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     me = [sys.executable, str(Path(__file__).resolve())]
     procs: list[subprocess.Popen[bytes]] = []
@@ -447,27 +494,29 @@ def main() -> None:
         try:
             procs.append(subprocess.Popen([*me, "--role", "backend", "--port", str(backend_port)], env=env))
             wait_until_ok(backend_url + "/models", 30.0, procs[-1], name="fake backend")
-            procs.append(
-                subprocess.Popen(
-                    [*me, "--role", "proxy", "--port", str(proxy_port), "--backend-url", backend_url, "--home", home]
-                    + (["--profile", args.profile] if args.profile else []),
-                    env=env,
-                )
-            )
-            wait_until_ok(f"http://127.0.0.1:{proxy_port}/ready", 30.0, procs[-1], name="proxy")
-            check = httpx.post(proxy_url + "/chat/completions", json=CLIENT_BODY, timeout=10)
-            if check.headers.get("x-drpo-prompt-version") != version:
-                raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")
-            print(f"backend {backend_url}, proxy {proxy_url}, artifact {MODEL}@{version} (12 examples, k=3)")
-            result = uvloop.run(
+            for name in transports:
+                port = free_port()
+                command = [*me, "--role", "proxy", "--port", str(port), "--backend-url", backend_url, "--home", home]
+                command += ["--transport", name] + (["--profile", f"{args.profile}.{name}"] if args.profile else [])
+                procs.append(subprocess.Popen(command, env=env))
+                wait_until_ok(f"http://127.0.0.1:{port}/ready", 30.0, procs[-1], name=f"proxy ({name})")
+                proxy_urls[name] = f"http://127.0.0.1:{port}/v1"
+                proxy_pids[name] = procs[-1].pid
+                check = httpx.post(proxy_urls[name] + "/chat/completions", json=CLIENT_BODY, timeout=10)
+                if check.headers.get("x-drpo-prompt-version") != version:
+                    raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")
+            print(f"backend {backend_url}, proxies {proxy_urls}, artifact {MODEL}@{version} (12 examples, k=3)")
+            print(f"load average before measuring: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+            results = uvloop.run(
                 measure(
                     backend_url,
-                    proxy_url,
+                    proxy_urls,
                     args.requests,
                     args.throughput_requests,
                     args.stream_requests,
                     procs[0].pid,
-                    procs[1].pid,
+                    proxy_pids,
+                    args.throughput_rounds,
                 )
             )
         finally:
@@ -482,9 +531,15 @@ def main() -> None:
     if args.profile:
         import pstats
 
-        print(f"proxy profile (cProfile, {args.profile}), top functions by own time:")
-        pstats.Stats(args.profile, stream=sys.stdout).sort_stats("tottime").print_stats(25)
-    print(json.dumps(result))
+        for name in transports:
+            print(f"proxy profile ({name}, cProfile, {args.profile}.{name}), top functions by own time:")
+            pstats.Stats(f"{args.profile}.{name}", stream=sys.stdout).sort_stats("tottime").print_stats(25)
+    if len(transports) > 1:
+        for name, figures in results.items():
+            verdict = {key: figures[key] <= limit for key, limit in TARGETS.items()}
+            verdict["rps_ratio"] = figures["rps_proxy"] >= 0.5 * figures["rps_direct"]
+            print(f"{name}: targets met: {verdict}")
+    print(json.dumps(results if len(transports) > 1 else results[transports[0]]))
 
 
 if __name__ == "__main__":

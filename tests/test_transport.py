@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -48,7 +50,8 @@ class RawBackend:
     race with a client: a request that arrives less than that before the idle timer fires
     is dropped unanswered, as if it had crossed the server's FIN on the wire.
     :attr:`script` holds actions for the next requests: ``"drop"`` (close unanswered) or
-    ``"partial"`` (half a status line and header, then close).
+    ``"partial"`` (half a status line and header, then close), ``"reset"`` (a TCP reset, no
+    answer) or ``"partial-reset"`` (half a head, then a reset).
     """
 
     def __init__(
@@ -120,9 +123,15 @@ class RawBackend:
                 action = self.script.popleft() if self.script else "answer"
                 if action == "drop":
                     return
-                if action == "partial":
+                if action in ("partial", "partial-reset"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-")
                     await writer.drain()
+                    if action == "partial-reset":
+                        await asyncio.sleep(0.05)  # the bytes reach the client before the reset
+                        reset(writer)
+                    return
+                if action == "reset":
+                    reset(writer)
                     return
                 await self._answer(path, body, writer)
         except ConnectionError:
@@ -159,6 +168,12 @@ class RawBackend:
         else:
             writer.write(head(11) + b'{"ok":true}')
         await writer.drain()
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a crashing server or a full accept queue does."""
+    writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -283,6 +298,33 @@ def test_a_request_dropped_on_a_reused_connection_is_resent_once_with_its_body()
             await client.aclose()
         assert [(seen.connection, seen.index) for seen in backend.requests] == [(0, 0), (0, 1), (1, 0)]
         assert backend.requests[1].body == backend.requests[2].body == body
+
+    run(main)
+
+
+def test_a_reused_connection_reset_before_any_reply_byte_is_retried() -> None:
+    async def main() -> None:
+        async with RawBackend() as backend:
+            client = upstream()
+            await post(client, backend, "/ok")
+            backend.script.append("reset")
+            assert await post(client, backend, "/ok") == b'{"ok":true}'
+            await client.aclose()
+        assert len(backend.requests) == 3
+
+    run(main)
+
+
+def test_no_retry_when_the_reset_came_after_part_of_the_reply() -> None:
+    async def main() -> None:
+        async with RawBackend() as backend:
+            client = upstream()
+            await post(client, backend, "/ok")
+            backend.script.append("partial-reset")
+            with pytest.raises(BackendUnavailable):
+                await post(client, backend, "/ok")
+            await client.aclose()
+        assert len(backend.requests) == 2
 
     run(main)
 
