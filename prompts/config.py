@@ -22,12 +22,12 @@ DRPO_KEEPALIVE_TIMEOUT  seconds an idle client connection is kept open between r
 DRPO_MAX_CONNECTIONS  client connections; beyond it the longest-idle are closed (2048)
 DRPO_CONNECT_TIMEOUT  seconds to connect to a backend
 DRPO_READ_TIMEOUT     seconds to wait for backend bytes (504 after)
+DRPO_BACKEND_MAX_CONNECTIONS  concurrent requests per backend origin (more wait)
+DRPO_BACKEND_KEEPALIVE  seconds an idle backend connection is kept (3; under the 5 s most servers use)
 DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
 DRPO_STORE_POLL_INTERVAL  seconds between checks for a new active version
 DRPO_LOG_LEVEL        logging level
 ====================  ==========================================================
-DRPO_BACKEND_MAX_CONNECTIONS  concurrent requests per backend origin (more wait)
-DRPO_BACKEND_KEEPALIVE  seconds an idle backend connection is kept (3; under the 5 s most servers use)
 
 The config file maps model ids to backends and per-model options::
 
@@ -187,6 +187,8 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=2048, ge=1)
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
+    backend_max_connections: int = Field(default=128, ge=1)
+    backend_keepalive: float = Field(default=3.0, gt=0)
     models_cache_ttl: float = 60.0
     store_poll_interval: float = 1.0
     log_level: str = "INFO"
@@ -213,8 +215,6 @@ class Settings(BaseSettings):
         if keys and self.api_keys and not keys <= {k.get_secret_value() for k in self.api_keys}:
             raise ValueError("every DRPO_BYPASS_KEYS entry must also be one of DRPO_API_KEYS")
         return self
-    backend_max_connections: int = Field(default=128, ge=1)
-    backend_keepalive: float = Field(default=3.0, gt=0)
 
     def file_config(self) -> FileConfig:
         return load_config_file(self.config)
