@@ -11,8 +11,8 @@ that grew with every import and activation:
 The new rows are written and the schema key set in one transaction, so a crash leaves
 either the old store or the migrated one. The old keys are deleted only after that commit
 (each delete is its own transaction, and diskcache removes a large old value's file only
-after its own commit): a crash during the clean-up leaves harmless leftovers that the next
-open deletes. Old values may be files on disk; the new copies are always inline.
+after its own commit): a crash during the clean-up leaves harmless leftovers (old keys, an
+orphan value file) that the next open deletes. Old values may be files on disk; the new copies are always inline.
 
 An old store already damaged by the bug this layout fixes (a version list whose file is
 gone) keeps every artifact still present: versions missing from the list are appended in
@@ -22,6 +22,7 @@ order of creation time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import diskcache
@@ -172,4 +173,10 @@ def _drop_legacy_keys(cache: diskcache.Cache) -> None:
     for name in list(cache):
         if _is_legacy(name):
             cache.delete(name)
+    # diskcache removes a value's file just after the delete commits; a crash in between
+    # leaves an orphan. Once no old key remains no row names a file (the current layout
+    # keeps every value inline), so any value file left is one of those orphans.
+    directory = Path(cache.directory)
+    for orphan in directory.glob("*/*/*.val"):
+        cache.disk.remove(str(orphan.relative_to(directory)))
     cache.delete(LEGACY_CLEANUP_KEY)

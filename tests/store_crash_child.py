@@ -1,12 +1,15 @@
 """Subprocess helper for tests/test_store_crash.py: crash a store writer after each write step.
 
-``kill-loop SOURCE_HOME WORK OP ARG``: for N = 1, 2, ... copy SOURCE_HOME to WORK/kill-N,
-fork a child that opens the store there and runs OP (``import``, ``import-activate``,
-``activate``, ``rollback``), and SIGKILL that child right after its Nth write step, until an
-N is large enough for the operation to finish. A write step is any SQLite statement that
-is not a SELECT (BEGIN, INSERT, UPDATE, DELETE, COMMIT) and any file diskcache writes or
-removes next to the database. Prints JSON: the homes killed, the home where OP completed,
-and what each step was.
+``kill-loop SOURCE_HOME WORK OP ARG [EVERY]``: for N = 1, 2, ... copy SOURCE_HOME to
+WORK/kill-N, fork a child that opens the store there and runs OP (``import``,
+``import-activate``, ``activate``, ``rollback``, or ``migrate``: what opening a store of the
+first layout does), and SIGKILL that child right after its Nth write step, until an N is
+large enough for the operation to finish. With EVERY > 1, a first run counts the steps and
+the kills sample them: the first and last 5, every EVERY-th, and the first and last step of
+each kind (statement or file operation). A write step is any SQLite statement that is not a
+SELECT (BEGIN, INSERT, UPDATE, DELETE, COMMIT) and any file diskcache writes or removes next
+to the database. Prints JSON: the homes killed, the home where OP completed, and what each
+step was.
 
 ``read-loop HOME STOP_FILE READY_FILE``: load the proxy's startup snapshot
 (``ArtifactSnapshot.load_now``) and the active artifact over and over until STOP_FILE
@@ -85,6 +88,15 @@ def _operate(home: Path, op: str, arg: str, kill_after: int) -> None:
     from prompts.store import PromptStore
 
     steps: list[str] = []
+    if op == "migrate":  # what PromptStore() does first on a store of the first layout
+        from prompts.store_layout import open_cache
+        from prompts.store_migrate import ensure_schema
+
+        cache = open_cache(home / "store")
+        _arm(kill_after, steps)
+        ensure_schema(cache)
+        (home / "steps.json").write_text(json.dumps(steps))
+        os._exit(0)
     store = PromptStore(home / "store")
     _arm(kill_after, steps)
     if op == "import":
@@ -101,25 +113,62 @@ def _operate(home: Path, op: str, arg: str, kill_after: int) -> None:
     os._exit(0)
 
 
-def kill_loop(source: Path, work: Path, op: str, arg: str) -> dict[str, Any]:
+def _run_child(source: Path, home: Path, op: str, arg: str, kill_after: int) -> str:
+    """``killed``, ``completed``, or an error description."""
+    shutil.copytree(source, home)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _operate(home, op, arg, kill_after)
+        finally:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return "killed"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return "completed"
+    return f"child killed after step {kill_after} ended with status {status}"
+
+
+def _sampled_points(steps: list[str], every: int) -> list[int]:
+    """The first and last 5 steps, every ``every``-th, and the first and last of each kind."""
+    total = len(steps)
+    points = set(range(1, min(total, 5) + 1)) | set(range(max(1, total - 4), total + 1))
+    points |= set(range(every, total + 1, every))
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for number, kind in enumerate(steps, 1):
+        first.setdefault(kind, number)
+        last[kind] = number
+    return sorted(points | set(first.values()) | set(last.values()))
+
+
+def kill_loop(source: Path, work: Path, op: str, arg: str, every: int = 1) -> dict[str, Any]:
+    """Kill after step 1, 2, ... until OP completes; with ``every`` > 1, after sampled steps."""
     killed: list[str] = []
-    for kill_after in range(1, 1000):
-        home = work / f"kill-{kill_after:03d}"
-        shutil.copytree(source, home)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _operate(home, op, arg, kill_after)
-            finally:
-                os._exit(3)
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+    if every > 1:
+        dry = work / "dry-run"
+        outcome = _run_child(source, dry, op, arg, 10**9)
+        if outcome != "completed":
+            return {"error": outcome}
+        steps = json.loads((dry / "steps.json").read_text())
+        for kill_after in _sampled_points(steps, every):
+            home = work / f"kill-{kill_after:05d}"
+            outcome = _run_child(source, home, op, arg, kill_after)
+            if outcome != "killed":
+                return {"error": f"step {kill_after}: {outcome}", "killed": killed}
+            killed.append(str(home))
+        return {"killed": killed, "completed": str(dry), "steps": steps}
+    for kill_after in range(1, 100_000):
+        home = work / f"kill-{kill_after:05d}"
+        outcome = _run_child(source, home, op, arg, kill_after)
+        if outcome == "killed":
             killed.append(str(home))
             continue
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        if outcome == "completed":
             steps = json.loads((home / "steps.json").read_text())
             return {"killed": killed, "completed": str(home), "steps": steps}
-        return {"error": f"child for step {kill_after} ended with status {status}", "killed": killed}
+        return {"error": outcome, "killed": killed}
     return {"error": "operation never completed", "killed": killed}
 
 
@@ -198,7 +247,8 @@ def main() -> None:
     command = sys.argv[1]
     if command == "kill-loop":
         source, work, op, arg = sys.argv[2:6]
-        print(json.dumps(kill_loop(Path(source), Path(work), op, arg)))
+        every = int(sys.argv[6]) if len(sys.argv) > 6 else 1
+        print(json.dumps(kill_loop(Path(source), Path(work), op, arg, every)))
     elif command == "read-loop":
         home, stop_file, ready_file = map(Path, sys.argv[2:5])
         print(json.dumps(read_loop(home, stop_file, ready_file)))

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from prompts.artifact import Artifact, Example, Provenance
 from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack, PromptsError
 from prompts.store import PromptStore, write_atomic
+from tests.legacy_store import old_history, reference_rollback, write_old_layout
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -374,28 +375,6 @@ def test_writing_past_the_size_limit_keeps_every_version(tmp_path: Path) -> None
 # -- rollback keeps the stack semantics ---------------------------------------------
 
 
-def _reference_stack(history: list[tuple[str, str]]) -> list[str]:
-    """The activation stack as the store defined it before rows had links: replay everything."""
-    stack: list[str] = []
-    for version, action in history:
-        if action == "rollback" and stack:
-            stack.pop()
-            if stack and stack[-1] == version:
-                continue
-        if not stack or stack[-1] != version:
-            stack.append(version)
-    return stack
-
-
-def _reference_rollback(history: list[tuple[str, str]], active: str | None) -> str | None:
-    if active is None:
-        return None
-    stack = _reference_stack(history)
-    while stack and stack[-1] == active:
-        stack.pop()
-    return stack[-1] if stack else None
-
-
 OPERATIONS = st.lists(
     st.one_of(
         st.tuples(st.just("activate"), st.integers(0, 3)),
@@ -428,7 +407,7 @@ def test_rollback_matches_replaying_the_history(operations: list[tuple[str, int]
                 store.deactivate("m")
                 active = None
             else:
-                expected = _reference_rollback(history, active)
+                expected = reference_rollback(history, active)
                 if expected is None:
                     with pytest.raises(NothingToRollBack):
                         store.rollback("m")
@@ -443,40 +422,12 @@ def test_rollback_matches_replaying_the_history(operations: list[tuple[str, int]
 # -- migration from the first layout ----------------------------------------------------
 
 
-def _write_old_layout(directory: Path, artifacts: list[Artifact], history: list[tuple[str, str]], active: str) -> None:
-    """A store as the first layout wrote it: pickled tuple keys, JSON lists, default settings."""
-    with diskcache.Cache(str(directory), timeout=30) as raw:
-        for artifact in artifacts:
-            raw.set(("artifact", artifact.model, artifact.version), artifact.to_json())
-        listed = [{"version": a.version, "added_at": f"2024-01-01T00:00:{n:06d}Z"} for n, a in enumerate(artifacts)]
-        raw.set(("versions", "m"), orjson.dumps(listed))
-        entries = [{"version": v, "at": f"2024-02-01T{n:06d}", "action": act} for n, (v, act) in enumerate(history)]
-        raw.set(("history", "m"), orjson.dumps(entries))
-        raw.set(("active", "m"), active)
-        raw.set("generation", len(history) + 3)
-
-
-def _old_history(versions: list[str], length: int) -> tuple[list[tuple[str, str]], str]:
-    """A plausible old history: activations, with a rollback every few steps (old rules)."""
-    history: list[tuple[str, str]] = []
-    active = versions[0]
-    for n in range(length):
-        target = _reference_rollback(history, active) if n % 5 == 4 else None
-        if target is not None:
-            history.append((target, "rollback"))
-            active = target
-        else:
-            active = versions[(n * 13) % len(versions)]
-            history.append((active, "activate"))
-    return history, active
-
-
 def test_opening_an_old_store_migrates_everything(tmp_path: Path) -> None:
     directory = tmp_path / "store"
     artifacts = [_artifact(f"Prompt {n}", method="optimize", scores={"val": n / 4}) for n in range(600)]
     versions = [a.version for a in artifacts]
-    history, active = _old_history(versions, 500)
-    _write_old_layout(directory, artifacts, history, active)
+    history, active = old_history(versions, 500)
+    write_old_layout(directory, artifacts, history, active)
     assert list(directory.rglob("*.val")), "the old lists should be big enough to be files"
 
     with PromptStore(directory) as store:
@@ -493,7 +444,7 @@ def test_opening_an_old_store_migrates_everything(tmp_path: Path) -> None:
         assert store.get("m") == artifacts[versions.index(active)]
         # Rollbacks continue the old stack exactly.
         for _ in range(5):
-            expected = _reference_rollback(history, active)
+            expected = reference_rollback(history, active)
             assert expected is not None
             assert store.rollback("m") == expected
             history.append((expected, "rollback"))
@@ -510,7 +461,7 @@ def test_opening_an_old_store_migrates_everything(tmp_path: Path) -> None:
 def test_migration_recovers_versions_of_a_damaged_old_store(tmp_path: Path) -> None:
     directory = tmp_path / "store"
     artifacts = [_artifact(f"Prompt {n}") for n in range(600)]
-    _write_old_layout(directory, artifacts, [(artifacts[1].version, "activate")], artifacts[1].version)
+    write_old_layout(directory, artifacts, [(artifacts[1].version, "activate")], artifacts[1].version)
     files = list(directory.rglob("*.val"))
     assert len(files) == 1  # the version list
     files[0].unlink()  # what the old bug left behind: a row pointing at a missing file

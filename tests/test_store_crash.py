@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import pytest
 
 from prompts.artifact import Artifact, Example, Provenance
 from prompts.store import PromptStore
 from proxy.snapshot import ArtifactSnapshot
+from tests.legacy_store import old_history, reference_rollback, write_old_layout
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("store_crash_child.py")
@@ -198,3 +200,31 @@ def test_ten_thousand_versions_and_activations(tmp_path: Path) -> None:
         snapshot = ArtifactSnapshot(store, 1.0)
         snapshot.load_now()
         assert snapshot.get(MODEL).artifact.version == store.active_version(MODEL)
+
+
+def test_kill_during_migration_of_an_old_store_loses_nothing(tmp_path: Path) -> None:
+    """Opening a store of the first layout migrates it; a crash at any step of that loses nothing."""
+    source = tmp_path / "old-home"
+    big = [_artifact(n).with_changes(examples=(Example(query=f"q{n}", answer="a" * 40_000),)) for n in range(3)]
+    artifacts = [*big, *(_artifact(n) for n in range(3, 12))]
+    versions = [a.version for a in artifacts]
+    history, active = old_history(versions, 12)
+    write_old_layout(source / "store", artifacts, history, active)
+    assert len(list(source.rglob("*.val"))) == len(big), "large old values are files"
+
+    result = _child("kill-loop", str(source), str(tmp_path / "work"), "migrate", "-", "15")
+    assert "error" not in result, result
+    steps = result["steps"]
+    assert {"BEGIN IMMEDIATE", "COMMIT", "DELETE FROM Cache", "remove value file"} <= set(steps)
+    for home in [*map(Path, result["killed"]), Path(result["completed"])]:
+        where = f"{home.name} of {len(steps)} steps"
+        with PromptStore(home / "store") as store:  # finishes the migration or its clean-up
+            assert [i.version for i in store.versions(MODEL)] == versions, where
+            assert [(h["version"], h["action"]) for h in store.history(MODEL)] == history, where
+            assert store.active_version(MODEL) == active, where
+            assert store.generation() == len(history) + 3, where
+            assert all(store.get(MODEL, a.version) == a for a in big), where
+            assert store.rollback(MODEL) == reference_rollback(history, active), where
+        with diskcache.Cache(str(home / "store")) as raw:
+            assert all(isinstance(k, str) for k in raw), where
+        assert not list(home.rglob("*.val")), where
