@@ -10,6 +10,8 @@
     └── BackendError                 the backend failed us (also counted in metrics)
         ├── BackendUnavailable    502  connection refused / dropped, protocol error
         ├── BackendTimeout        504  no bytes within ``read_timeout`` (or connect timeout)
+        ├── BadBackendResponse    502  a success that is not what the protocol says (non-JSON
+        │                              body, malformed or unterminated stream event, no [DONE])
         └── UpstreamHTTPError     4xx/5xx passed through from the backend, reshaped
 
 :func:`error_body` is the single place that turns an exception into the wire shape
@@ -98,6 +100,12 @@ class BackendTimeout(BackendError):
     kind = "timeout"
 
 
+class BadBackendResponse(BackendError):
+    status = 502
+    code = "bad_backend_response"
+    kind = "bad_response"
+
+
 class UpstreamHTTPError(BackendError):
     """A 4xx/5xx from the backend, carried with the backend's own status and error fields."""
 
@@ -144,15 +152,48 @@ def upstream_error(status: int, body: bytes, headers: dict[str, str] | None = No
             # vLLM / FastAPI style: fields at the top level, or {"detail": ...}.
             fields = {k: data[k] for k in ("message", "type", "param", "code") if k in data}
             if "detail" in data and "message" not in fields:
-                fields["message"] = (
-                    data["detail"] if isinstance(data["detail"], str) else orjson.dumps(data["detail"]).decode()
-                )
+                fields["message"] = data["detail"] if isinstance(data["detail"], str) else _as_text(data["detail"])
     elif body:
         message = body.decode("utf-8", "replace")[:2000]
+    # Each field is checked: whatever the backend sent, the error we answer with must encode.
+    found = fields.get("message")
+    if found is not None and not isinstance(found, str):
+        found = _as_text(found)
+    kind, param, code = fields.get("type"), fields.get("param"), fields.get("code", status)
     error = {
-        "message": str(fields.get("message") or message or f"backend returned HTTP {status}"),
-        "type": fields.get("type") or ("invalid_request_error" if status < 500 else "upstream_error"),
-        "param": fields.get("param"),
-        "code": fields.get("code", status),
+        "message": found or message or f"backend returned HTTP {status}",
+        "type": kind
+        if isinstance(kind, str) and kind
+        else "invalid_request_error"
+        if status < 500
+        else "upstream_error",
+        "param": param if isinstance(param, str) else None,
+        "code": code if code is None or isinstance(code, str) or _is_int(code) else status,
     }
     return UpstreamHTTPError(status, error, headers)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _as_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()[:2000]
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes
+        return "(unreadable error detail)"
+
+
+def stream_error_fields(value: Any) -> dict[str, Any]:
+    """A backend's in-stream ``{"error": value}`` in OpenAI's four-field shape (always encodable)."""
+    fields: dict[str, Any] = value if isinstance(value, dict) else {"message": value}
+    message = fields.get("message")
+    if not isinstance(message, str):
+        message = "" if message is None else _as_text(message)
+    kind, param, code = fields.get("type"), fields.get("param"), fields.get("code")
+    return {
+        "message": message or "the backend reported an error",
+        "type": kind if isinstance(kind, str) and kind else "upstream_error",
+        "param": param if isinstance(param, str) else None,
+        "code": code if isinstance(code, str) or _is_int(code) else None,
+    }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -34,6 +35,7 @@ from proxy.asgi import (
 from proxy.auth import KeyChecker
 from proxy.errors import (
     BackendError,
+    BadBackendResponse,
     InvalidRequest,
     ProxyError,
     error_body,
@@ -50,6 +52,9 @@ from proxy.streaming import (
     CompletionStreamTranslator,
     EventSplitter,
     completion_to_chat,
+    ends_with_error_event,
+    has_done,
+    parse_event,
     sse_data,
 )
 from proxy.upstream import Exchange, Upstream, close_quietly, header_value, iter_raw, read_all
@@ -121,7 +126,7 @@ class OpenAIServing:
     async def _handle(self, scope: Scope, receive: Receive, send: Send, *, inject: bool, path: bytes) -> None:
         started = perf_counter()
         headers = dict(scope["headers"])
-        client_id = headers.get(b"x-request-id")
+        client_id = usable_request_id(headers.get(b"x-request-id"))
         request_id = client_id or new_request_id()
         model, version = "unknown", NO_VERSION
         watcher: DisconnectWatcher | None = None
@@ -188,7 +193,7 @@ class OpenAIServing:
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if messages is None:  # bypass or a pass-through endpoint: the bytes go as they came
             if backend.llama_cpp and path == CHAT_PATH and "response_format" in body and rewrite_response_format(body):
-                raw = orjson.dumps(body)
+                raw = _encode(body)
             call = _Call(request_id, id_is_uuid, model, NO_VERSION, path, raw, stream, False, include_usage)
             if backend.llama_cpp and stream and include_usage and path != EMBEDDINGS_PATH:
                 call.usage = UsageFiller(body, model, chat=path == CHAT_PATH)
@@ -205,7 +210,7 @@ class OpenAIServing:
             if backend.llama_cpp and "response_format" in body:
                 rewrite_response_format(body)
         self.metrics.injected_chars.observe(chars)
-        payload = orjson.dumps(out)
+        payload = _encode(out)
         version = prepared.artifact.version
         call = _Call(request_id, id_is_uuid, model, version, path, payload, stream, translate, include_usage)
         if backend.llama_cpp and stream and include_usage:
@@ -255,6 +260,8 @@ class OpenAIServing:
             if call.translate:
                 body = self._translated(body, call.model)
                 content_type = b"application/json"
+            else:
+                _check_json_object(body)
             watcher.stop()
             overhead = (sent - started) + (perf_counter() - received)
             headers = self._response_headers(call, overhead, passed)
@@ -266,13 +273,11 @@ class OpenAIServing:
 
     @staticmethod
     def _translated(body: bytes, model: str) -> bytes:
+        chat = completion_to_chat(_check_json_object(body), model)
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise upstream_error(502, body) from None
-        if not isinstance(data, dict):
-            raise upstream_error(502, body)
-        return orjson.dumps(completion_to_chat(data, model))
+            return orjson.dumps(chat)
+        except orjson.JSONEncodeError:  # a usage object nested deeper than orjson writes
+            raise BadBackendResponse("the backend's completion cannot be re-encoded as JSON") from None
 
     @staticmethod
     def _response_headers(call: _Call, overhead: float, passed: RawHeaders) -> RawHeaders:
@@ -301,6 +306,8 @@ class OpenAIServing:
         overhead = sent - started
         opened = False
         first_data = True
+        done = False  # the backend's data: [DONE] went out
+        last = b""  # the last block sent: was the backend's own last word an error event?
         try:
             async for chunk in iter_raw(response):
                 arrived = perf_counter()
@@ -313,6 +320,9 @@ class OpenAIServing:
                     block = filler.insert(block)
                 if not block:
                     continue
+                if not done:
+                    done = has_done(block)
+                last = block
                 if not opened:
                     opened = True
                     overhead += perf_counter() - arrived
@@ -321,20 +331,11 @@ class OpenAIServing:
                     first_data = False
                     self.metrics.first_token(call.model, perf_counter() - started)
                 await send({"type": "http.response.body", "body": block, "more_body": True})
-            rest = splitter.pending
-            if rest.strip():
-                rest += b"\n\n"
-                if filler is not None:
-                    filler.observe(rest)
-                rest = translator.translate(rest) if translator else rest
-                if filler is not None:
-                    rest = filler.insert(rest)
+            if not done:
+                tail = self._unfinished_tail(splitter.pending, last, translator, filler)
                 if not opened:
                     opened = True
                     await self._open_stream(send, call, response.status, overhead, passed)
-                await send({"type": "http.response.body", "body": rest, "more_body": True})
-            if filler is not None and opened:  # the backend ended without [DONE]
-                tail = filler.tail()
                 if tail:
                     await send({"type": "http.response.body", "body": tail, "more_body": True})
         except BackendError as exc:
@@ -343,14 +344,42 @@ class OpenAIServing:
             # Headers are gone already: report the failure in-band, as OpenAI does.
             self.metrics.backend_error(call.model, "disconnect" if exc.kind == "connect" else error_kind(exc))
             logger.warning("backend stream for %s failed: %s", call.model, exc.message)
-            await send({"type": "http.response.body", "body": sse_data({"error": exc.error_dict()}), "more_body": True})
+            await _send_error_event(send, exc)
+        except Exception:
+            if not opened:
+                raise  # answered as a 500 by _handle
+            logger.exception("unexpected error while relaying a stream for %s", call.model)
+            await _send_error_event(send, ProxyError("internal error in the proxy while relaying the stream"))
         finally:
             await close_quietly(response)
-        if not opened:
-            await self._open_stream(send, call, response.status, overhead, passed)
         watcher.stop()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._done(call.model, call.version, response.status, started, overhead)
+
+    @staticmethod
+    def _unfinished_tail(
+        pending: bytes,
+        last: bytes,
+        translator: CompletionStreamTranslator | None,
+        filler: UsageFiller | None,
+    ) -> bytes:
+        """What ends a stream whose backend stopped without ``data: [DONE]``.
+
+        An incomplete last event is never forwarded as an event (the SSE spec discards it),
+        except a bare ``data: [DONE]`` missing only its blank line: that is the end marker.
+        A stream whose last event was the backend's own error event just ends; any other
+        raises :class:`BadBackendResponse`, which becomes the final error event.
+        """
+        if pending.strip() and has_done(pending):
+            block = DONE
+            if translator is not None:
+                block = translator.translate(block)
+            return filler.insert(block) if filler is not None else block
+        if not pending.strip() and ends_with_error_event(last):
+            return b""
+        # A usage chunk from the filler would only precede the error: a broken stream gets none.
+        what = "in the middle of an event" if pending.strip() else "without data: [DONE]"
+        raise BadBackendResponse(f"the backend's stream ended {what}")
 
     async def _open_stream(self, send: Send, call: _Call, status: int, overhead: float, passed: RawHeaders) -> None:
         headers = self._response_headers(call, overhead, passed)
@@ -373,6 +402,40 @@ class OpenAIServing:
 
     def _done(self, model: str, version: str, status: int, started: float, overhead: float) -> None:
         self.metrics.request_done(model, version, status, perf_counter() - started, overhead)
+
+
+# A client's x-request-id is echoed in our response and logs: only short, visible ASCII ids are
+# kept (128 fits any UUID, ULID or trace id in use); anything else is replaced by one of ours.
+MAX_REQUEST_ID_LENGTH = 128
+_VISIBLE_ASCII = re.compile(rb"[!-~]+")
+
+
+def usable_request_id(value: bytes | None) -> bytes | None:
+    """The client's request id if it may be echoed (1-128 visible ASCII characters), else None."""
+    if value is None or len(value) > MAX_REQUEST_ID_LENGTH or _VISIBLE_ASCII.fullmatch(value) is None:
+        return None
+    return value
+
+
+def _encode(body: Any) -> bytes:
+    """A client's (edited) body as JSON; 400 for what orjson cannot write back (nesting past 254 levels)."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"the request body cannot be re-encoded as JSON: {exc} (nested too deeply?)") from None
+
+
+def _check_json_object(body: bytes) -> dict[str, Any]:
+    """A backend's non-stream success body, which must be a JSON object (else 502, never relayed as a 200)."""
+    try:
+        return parse_event(body)
+    except BadBackendResponse:
+        raise BadBackendResponse("the backend's success response is not a JSON object") from None
+
+
+async def _send_error_event(send: Send, exc: ProxyError) -> None:
+    """The in-band end of a stream whose headers are already out: one OpenAI-shaped error event."""
+    await send({"type": "http.response.body", "body": sse_data({"error": exc.error_dict()}), "more_body": True})
 
 
 __all__ = ["DONE", "OpenAIServing"]

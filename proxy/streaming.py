@@ -8,10 +8,17 @@ can never land inside a half-forwarded one.
 For completion-mode models the backend streams ``text_completion`` chunks; they are
 rewritten into ``chat.completion.chunk`` events, with the answer's surrounding whitespace
 trimmed and anything from the end marker on dropped (in case a backend ignores ``stop``).
+
+A backend's output is checked where it is parsed anyway: an event the translator (or
+:class:`proxy.llamacpp.UsageFiller`) cannot read as a chunk raises
+:class:`~proxy.errors.BadBackendResponse`, which the relay turns into a final
+``data: {"error": ...}`` event. How a stream ends is checked on every path (no parsing
+needed): without ``data: [DONE]``, or in the middle of an event, it gets an error event too.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,13 +26,31 @@ from typing import Any
 import orjson
 
 from prompts.layout import END_MARKER, strip_completion_answer
+from proxy.errors import BadBackendResponse, stream_error_fields
 
-_BOUNDARIES = (b"\n\n", b"\r\n\r\n", b"\r\r")
 DONE = b"data: [DONE]\n\n"
+_DONE_LINE = re.compile(rb"(?:\A|(?<=[\r\n]))data: ?\[DONE\][ \t]*(?:\r\n|\r|\n|\Z)")
 
 
 def sse_data(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def has_done(block: bytes) -> bool:
+    """Whether complete events hold the ``data: [DONE]`` line (a substring test first: it is on the hot path)."""
+    return b"[DONE]" in block and _DONE_LINE.search(block) is not None
+
+
+def ends_with_error_event(block: bytes) -> bool:
+    """Whether the last data event of a block of complete events is an ``{"error": ...}`` object."""
+    payloads = [payload for kind, payload in iter_events(block) if kind == "data"]
+    if not payloads:
+        return False
+    try:
+        data = orjson.loads(payloads[-1])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "error" in data
 
 
 class EventSplitter:
@@ -37,15 +62,20 @@ class EventSplitter:
         self._buffer = b""
 
     def feed(self, data: bytes) -> bytes:
+        # An SSE line ends with CRLF, LF or CR, and an event with an empty line. Two line ends
+        # in a row always hold LF LF, LF CR or CR CR (CR then LF is one CRLF), and each of those
+        # pairs is a line end followed by the start of another: so the last such pair marks the
+        # end of the last complete event, whatever mix of line endings the backend uses.
         buffer = self._buffer + data if self._buffer else data
-        end = -1
-        for boundary in _BOUNDARIES:
-            at = buffer.rfind(boundary)
-            if at >= 0 and at + len(boundary) > end:
-                end = at + len(boundary)
+        end = max(buffer.rfind(b"\n\n"), buffer.rfind(b"\n\r"), buffer.rfind(b"\r\r"))
         if end < 0:
             self._buffer = buffer
             return b""
+        end += 2
+        if buffer[end - 1 : end] == b"\r" and buffer[end : end + 1] == b"\n":
+            end += 1  # the blank line ended with CRLF: keep it whole
+        # A blank line ending in CR at the very end may yet get its LF: that LF then starts
+        # the next block, where it reads as one more empty line (no event), as the spec says.
         self._buffer = buffer[end:]
         return buffer[:end]
 
@@ -109,36 +139,98 @@ class _Answer:
 
 
 def _chat_id(upstream_id: Any) -> str:
-    text = str(upstream_id or f"{time.time_ns():x}")
+    usable = isinstance(upstream_id, str | int) and not isinstance(upstream_id, bool) and upstream_id
+    text = str(upstream_id) if usable else f"{time.time_ns():x}"
     return text if text.startswith("chatcmpl-") else "chatcmpl-" + text.removeprefix("cmpl-")
+
+
+def parse_event(payload: bytes) -> dict[str, Any]:
+    """A data event's JSON object; :class:`BadBackendResponse` for anything else."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise BadBackendResponse("the backend sent a stream event that is not JSON") from None
+    if not isinstance(data, dict):
+        raise BadBackendResponse("the backend sent a stream event that is not a JSON object")
+    return data
+
+
+def _bad(what: str) -> BadBackendResponse:
+    return BadBackendResponse(f"the backend sent a malformed completion: {what}")
+
+
+def checked_choices(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``choices`` of a response or chunk: absent/null, or a list of objects."""
+    choices = data.get("choices")
+    if choices is None:
+        return []
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise _bad("'choices' is not a list of objects")
+    return choices
+
+
+def checked_usage(data: dict[str, Any]) -> dict[str, Any] | None:
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise _bad("'usage' is not an object")
+    return usage
+
+
+def _index(choice: dict[str, Any], position: int) -> int:
+    index = choice.get("index", position)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise _bad("a choice's 'index' is not an integer")
+    return index
+
+
+def _optional_str(choice: dict[str, Any], field: str) -> str | None:
+    value = choice.get(field)
+    if value is not None and not isinstance(value, str):
+        raise _bad(f"a choice's {field!r} is not a string")
+    return value
+
+
+def _created(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**53 else default
+
+
+def _model(value: Any, default: str) -> str:
+    return value if isinstance(value, str) and value else default
 
 
 def completion_to_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
     """A ``text_completion`` response as the ``chat.completion`` the client asked for."""
     choices = []
-    for position, choice in enumerate(data.get("choices") or []):
+    for position, choice in enumerate(checked_choices(data)):
         choices.append(
             {
-                "index": choice.get("index", position),
-                "message": {"role": "assistant", "content": strip_completion_answer(str(choice.get("text") or ""))},
+                "index": _index(choice, position),
+                "message": {
+                    "role": "assistant",
+                    "content": strip_completion_answer(_optional_str(choice, "text") or ""),
+                },
                 "logprobs": None,
-                "finish_reason": choice.get("finish_reason") or "stop",
+                "finish_reason": _optional_str(choice, "finish_reason") or "stop",
             }
         )
     out: dict[str, Any] = {
         "id": _chat_id(data.get("id")),
         "object": "chat.completion",
-        "created": data.get("created") or int(time.time()),
-        "model": data.get("model") or model,
+        "created": _created(data.get("created"), int(time.time())),
+        "model": _model(data.get("model"), model),
         "choices": choices,
     }
-    if data.get("usage") is not None:
-        out["usage"] = data["usage"]
+    usage = checked_usage(data)
+    if usage is not None:
+        out["usage"] = usage
     return out
 
 
 class CompletionStreamTranslator:
-    """Rewrites a ``/v1/completions`` event stream into ``chat.completion.chunk`` events."""
+    """Rewrites a ``/v1/completions`` event stream into ``chat.completion.chunk`` events.
+
+    Raises :class:`BadBackendResponse` for an event it cannot read as a completion chunk.
+    """
 
     def __init__(self, model: str, include_usage: bool) -> None:
         self._model = model
@@ -168,36 +260,35 @@ class CompletionStreamTranslator:
             elif payload.strip() == b"[DONE]":
                 out.append(DONE)
             else:
-                out.extend(self._data(payload))
+                try:
+                    out.extend(self._data(parse_event(payload)))
+                except orjson.JSONEncodeError:  # e.g. a usage object nested deeper than orjson writes
+                    raise _bad("a value that cannot be re-encoded") from None
         return b"".join(out)
 
-    def _data(self, payload: bytes) -> list[bytes]:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(data, dict):
-            return []
+    def _data(self, data: dict[str, Any]) -> list[bytes]:
         if "error" in data:
-            return [sse_data({"error": data["error"]})]
+            return [sse_data({"error": stream_error_fields(data["error"])})]
+        choices = checked_choices(data)
+        usage = checked_usage(data)
         if self._id is None:
             self._id = _chat_id(data.get("id"))
-            self._created = int(data.get("created") or self._created)
-            self._model = str(data.get("model") or self._model)
+            self._created = _created(data.get("created"), self._created)
+            self._model = _model(data.get("model"), self._model)
         out = []
-        for position, choice in enumerate(data.get("choices") or []):
-            index = int(choice.get("index", position))
+        for position, choice in enumerate(choices):
+            index = _index(choice, position)
+            text = _optional_str(choice, "text") or ""
+            finish = _optional_str(choice, "finish_reason")
             answer = self._answers.get(index)
             if answer is None:
                 answer = self._answers[index] = _Answer()
                 out.append(self._chunk([_delta(index, {"role": "assistant", "content": ""}, None)]))
-            text = answer.feed(str(choice.get("text") or ""))
-            finish = choice.get("finish_reason")
+            text = answer.feed(text)
             if finish is not None:
                 text += answer.finish()
             if text or finish is not None:
                 out.append(self._chunk([_delta(index, {"content": text} if text else {}, finish)]))
-        usage = data.get("usage")
         if usage is not None and self._include_usage:
             out.append(self._chunk([], usage))
         return out

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from prompts.config import FileConfig, ModelOptions
 from prompts.layout import END_MARKER, START_MARKER
 from prompts.store import PromptStore
-from tests.fakes.fake_backend import FakeBackend, JsonReply, completion, completion_chunks, stream
+from tests.fakes.fake_backend import FakeBackend, JsonReply, RawReply, completion, completion_chunks, stream
 from tests.fakes.proxy_harness import SYSTEM_PROMPT, make_artifact, make_settings, running_proxy
 
 BASE = "base-model"  # completion mode from the config file
@@ -105,3 +107,75 @@ def test_stream_passes_keep_alives_and_ends_with_done(proxy: str, backend: FakeB
     response = httpx.post(f"{proxy}/v1/chat/completions", json=body, timeout=10)
     assert ": ping\n\n" in response.text
     assert response.text.rstrip().endswith("data: [DONE]")
+
+
+# -- broken backend output (issue 6) ------------------------------------------------------
+
+STREAM_BODY = {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+def _data(text: str) -> list[Any]:
+    return [orjson.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"id": "cmpl-1", "choices": 5},
+        {"id": "cmpl-1", "choices": {"text": "x"}},
+        {"id": "cmpl-1", "choices": ["x"]},
+        {"id": "cmpl-1", "choices": [{"index": "0", "text": "x"}]},
+        {"id": "cmpl-1", "choices": [{"text": 42}]},
+        {"id": "cmpl-1", "choices": [], "usage": [1, 2]},
+        [1, 2],
+        b"data: {broken json\n\n",
+    ],
+)
+def test_a_malformed_event_mid_stream_ends_with_an_error_event(proxy: str, backend: FakeBackend, bad: Any) -> None:
+    good = completion_chunks(["Hel", "lo"], model=BASE)
+    backend.enqueue(stream([good[0], bad, *good[1:]]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=STREAM_BODY, timeout=10)
+    assert response.status_code == 200
+    events = _data(response.text)
+    assert events[-1]["error"]["code"] == "bad_backend_response"
+    assert set(events[-1]["error"]) == {"message", "type", "param", "code"}
+    assert "[DONE]" not in response.text
+
+
+def test_a_malformed_first_event_is_502_not_500(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream([{"id": "cmpl-1", "choices": 5}, *completion_chunks(["x"], model=BASE)]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=STREAM_BODY, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_backend_response"
+
+
+def test_openai_client_gets_an_api_error_from_a_broken_translated_stream(proxy: str, backend: FakeBackend) -> None:
+    good = completion_chunks(["Hel", "lo"], model=BASE)
+    backend.enqueue(stream([good[0], {"id": "cmpl-1", "choices": "oops"}, *good[1:]]))
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        chunks = client.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(openai.APIError) as raised:
+            list(chunks)
+    assert not isinstance(raised.value, openai.APIConnectionError)
+
+
+def test_a_translated_stream_without_done_ends_with_an_error_event(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(completion_chunks(["Hi"], model=BASE)[:-1]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=STREAM_BODY, timeout=10)
+    assert _data(response.text)[-1]["error"]["code"] == "bad_backend_response"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        RawReply(b"<html>oops</html>", content_type="text/html"),
+        JsonReply({"id": "cmpl-1", "choices": 5}),
+        JsonReply({"id": "cmpl-1", "choices": [{"text": None, "index": "first"}]}),
+    ],
+)
+def test_a_broken_non_stream_completion_is_502(proxy: str, backend: FakeBackend, reply: RawReply | JsonReply) -> None:
+    backend.enqueue(reply)
+    body = {"model": BASE, "messages": [{"role": "user", "content": "hi"}]}
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_backend_response"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import pytest
 from drpo.embedded import free_port
 from prompts.config import BackendConfig, FileConfig
 from prompts.store import PromptStore
-from tests.fakes.fake_backend import FakeBackend, JsonReply, chat_completion, error
+from proxy.errors import upstream_error
+from tests.fakes.fake_backend import FakeBackend, JsonReply, RawReply, chat_completion, error
 from tests.fakes.proxy_harness import make_settings, running_proxy
 
 MODEL = "fake-model"
@@ -132,9 +134,125 @@ def test_upstream_errors_pass_through_in_openai_shape(proxy: str, backend: FakeB
 
 
 def test_non_json_upstream_error_is_reshaped(proxy: str, backend: FakeBackend) -> None:
-    backend.enqueue(JsonReply("plain text failure", status=500))
+    # Raw bytes, not a JSON string: the reshaping must go through its JSON-decode failure.
+    backend.enqueue(RawReply(b"plain text failure", status=500))
     fields = assert_openai_error(post(proxy, json=BODY), 500)
-    assert "plain text failure" in fields["message"]
+    assert fields["message"] == "plain text failure"
+    assert fields["type"] == "upstream_error" and fields["code"] == 500
+
+
+def test_upstream_error_reads_non_json_bytes() -> None:
+    fields = upstream_error(503, b"<html>Service Unavailable</html>").error_dict()
+    assert fields["message"] == "<html>Service Unavailable</html>"
+    deep = upstream_error(422, b'{"detail": ' + b"[" * 300 + b"]" * 300 + b"}").error_dict()
+    assert isinstance(deep["message"], str)
+
+
+# -- hostile request bodies (issue 6) ------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [254, 300, 1022])
+@pytest.mark.parametrize("headers", [{}, {"x-drpo-bypass": "1"}])
+def test_deeply_nested_bodies_are_400_not_500(
+    proxy: str, backend: FakeBackend, depth: int, headers: dict[str, str]
+) -> None:
+    # orjson reads up to 1024 levels but writes only 254: the proxy re-encodes what it injects into.
+    body = (
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "metadata": ' + _nested(depth) + b"}"
+    )
+    response = httpx.post(
+        f"{proxy}/v1/chat/completions",
+        content=body,
+        headers={"content-type": "application/json", **headers},
+        timeout=10,
+    )
+    if headers:  # a bypass body goes out as it came: the backend gets it, the proxy never fails
+        assert response.status_code == 200
+        return
+    fields = assert_openai_error(response, 400)
+    assert fields["type"] == "invalid_request_error" and "nested" in fields["message"]
+    assert backend.posts() == []
+
+
+def test_nesting_past_what_orjson_reads_is_400(proxy: str) -> None:
+    assert_openai_error(post(proxy, b'{"model": "fake-model", "x": ' + _nested(1100) + b"}"), 400)
+
+
+def test_openai_client_sees_bad_request_for_a_deep_body(proxy: str) -> None:
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    with (
+        openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client,
+        pytest.raises(openai.BadRequestError),
+    ):
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], extra_body={"metadata": deep}
+        )
+
+
+# -- broken backend answers (issue 6) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        RawReply(b"<html>oops</html>", content_type="text/html"),
+        RawReply(b'{"id": "chatcmpl-1", "choices": [', content_type="application/json"),
+        RawReply(b"", content_type="application/json"),
+        JsonReply([1, 2, 3]),
+        JsonReply("just a string"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"])
+def test_a_non_json_success_is_502(proxy: str, backend: FakeBackend, reply: RawReply | JsonReply, path: str) -> None:
+    backend.enqueue(reply)
+    body = {**BODY, "prompt": "p", "input": "i"}
+    fields = assert_openai_error(post(proxy, json=body, path=path), 502, "bad_backend_response")
+    assert fields["type"] == "upstream_error"
+
+
+def test_openai_client_sees_a_server_error_for_a_non_json_success(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(RawReply(b"<html>oops</html>", content_type="text/html"))
+    client = openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0)
+    with client, pytest.raises(openai.InternalServerError) as raised:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 502
+
+
+# -- x-request-id (issue 6) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [b"r" * 129, b"x" * 8192, b"caf\xc3\xa9", b"tab\there", b"sp ace", b"\xff\xfe"],
+)
+def test_an_unusable_request_id_is_replaced_never_echoed(proxy: str, backend: FakeBackend, client_id: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", client_id)]
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, headers=headers, timeout=10)
+    assert response.status_code == 200
+    echoed = response.headers.raw
+    ours = [v for k, v in echoed if k.lower() == b"x-request-id"]
+    assert len(ours) == 1 and ours[0] != client_id
+    assert uuid.UUID(ours[0].decode())  # one of ours
+    assert backend.last.headers["x-request-id"] == ours[0].decode()
+
+
+def test_an_unusable_request_id_is_replaced_on_errors_too(proxy: str) -> None:
+    headers = {"x-request-id": "r" * 200}
+    response = httpx.post(f"{proxy}/v1/chat/completions", content=b"{bad", headers=headers, timeout=10)
+    assert response.status_code == 400
+    assert response.headers["x-request-id"] != "r" * 200
+
+
+def test_a_request_id_of_128_visible_characters_is_kept(proxy: str, backend: FakeBackend) -> None:
+    client_id = "id-" + "Z" * 125
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, headers={"x-request-id": client_id}, timeout=10)
+    assert response.headers["x-request-id"] == client_id
 
 
 def test_unknown_route_and_wrong_method(proxy: str) -> None:

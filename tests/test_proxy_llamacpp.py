@@ -221,12 +221,58 @@ def test_no_usage_added_for_an_openai_backend(plain: FakeBackend, tmp_path: Path
     assert _usage_events(events) == []
 
 
-def test_usage_when_the_stream_ends_without_done(proxy: str, llama: FakeBackend) -> None:
+def test_a_stream_ending_without_done_gets_an_error_not_a_usage(proxy: str, llama: FakeBackend) -> None:
     llama.enqueue(stream(chat_chunks(["x", "y"], model=MODEL)[:-1]))
     body = _body(stream=True, stream_options={"include_usage": True})
     events = _events(httpx.post(f"{proxy}/v1/chat/completions", json=body, timeout=10).text)
-    assert events[-1]["usage"]["completion_tokens"] == 2
-    assert len(_usage_events(events)) == 1
+    assert events[-1]["error"]["code"] == "bad_backend_response"
+    assert _usage_events(events) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # Each kind of defect the filler reads; tests/test_proxy_backend_output.py has the rest.
+        {"id": "c", "choices": 5},
+        {"id": "c", "choices": [{"index": 0, "delta": "text", "finish_reason": None}]},
+        b"data: not json\n\n",
+    ],
+)
+@pytest.mark.parametrize("route", ["chat", "bypass", "completions"])
+def test_a_malformed_event_ends_the_usage_filled_stream_with_an_error(
+    proxy: str, llama: FakeBackend, bad: Any, route: str
+) -> None:
+    body: dict[str, Any] = _body(stream=True, stream_options={"include_usage": True})
+    path, headers = "/v1/chat/completions", {"x-drpo-bypass": "1"} if route == "bypass" else {}
+    good: list[Any] = chat_chunks(["x"], model=MODEL)[:2]
+    if route == "completions":
+        path, body = "/v1/completions", {"model": MODEL, "prompt": "p", **body}
+        del body["messages"]
+        good = completion_chunks(["x"], model=MODEL)[:1]
+    llama.enqueue(stream([*good, bad, *good]))
+    response = httpx.post(f"{proxy}{path}", json=body, headers=headers, timeout=10)
+    assert response.status_code == 200
+    events = _events(response.text)
+    assert len(events) == len(good) + 1 and _usage_events(events) == []
+    assert events[-1]["error"]["code"] == "bad_backend_response"
+    # A malformed first event: nothing was sent yet, so a plain 502.
+    llama.enqueue(stream([bad, *good]))
+    failed = httpx.post(f"{proxy}{path}", json=body, headers=headers, timeout=10)
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "bad_backend_response"
+
+
+def test_openai_client_raises_api_error_on_a_malformed_llamacpp_event(proxy: str, llama: FakeBackend) -> None:
+    llama.enqueue(stream([*chat_chunks(["a"], model=MODEL)[:2], {"id": "c", "choices": 5}]))
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        chunks = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        with pytest.raises(openai.APIError) as raised:
+            list(chunks)
+    assert not isinstance(raised.value, openai.APIConnectionError)
 
 
 def test_no_usage_after_an_error_event(proxy: str, llama: FakeBackend) -> None:
@@ -310,7 +356,7 @@ def test_structured_output_and_stream_usage_on_the_embedded_backend(
 
 def test_a_busy_llamacpp_backend_is_not_asked_for_its_models(llama: FakeBackend, tmp_path: Path) -> None:
     # llama-cpp-python serves /v1/models under its model lock: asking during a stream cuts it short.
-    store, running = _proxy(tmp_path, llama, models_cache_ttl=0.01)
+    store, running = _proxy(tmp_path, llama, models_cache_ttl=0.01, ready_cache_ttl=0)  # every /ready asks
     llama.enqueue(stream(chat_chunks(["a", "b", "c", "d"], model=MODEL), delay=0.15))
     with store, running as url:
         result: list[httpx.Response] = []

@@ -11,7 +11,16 @@ import orjson
 import pytest
 
 from prompts.store import PromptStore
-from tests.fakes.fake_backend import FakeBackend, JsonReply, chat_chunks, chat_completion, error, stream, wait_for
+from tests.fakes.fake_backend import (
+    FakeBackend,
+    JsonReply,
+    chat_chunks,
+    chat_completion,
+    encode_event,
+    error,
+    stream,
+    wait_for,
+)
 from tests.fakes.proxy_harness import SYSTEM_PROMPT, make_artifact, make_settings, running_proxy
 
 MODEL = "fake-model"
@@ -155,3 +164,95 @@ def test_client_disconnect_cancels_a_slow_non_stream_request(proxy: str, backend
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{proxy}/v1/chat/completions", json={**BODY, "stream": False}, timeout=0.5)
     assert wait_for(backend.cancelled.is_set, timeout=5)
+
+
+# -- broken backend streams: every one ends with an OpenAI-shaped error (issue 6) ---------
+
+
+def _chunk_bytes(content: str) -> bytes:
+    return encode_event(chat_chunks([content])[1])
+
+
+def _last_error(text: str) -> dict[str, object]:
+    events = data_events(text)
+    assert events and "[DONE]" not in events
+    fields = orjson.loads(events[-1])["error"]
+    assert set(fields) == {"message", "type", "param", "code"}
+    return dict(fields)
+
+
+def test_a_stream_without_done_ends_with_an_error_event(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a", "b"])[:-1]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.status_code == 200
+    assert _last_error(response.text)["code"] == "bad_backend_response"
+    assert len(data_events(response.text)) == 5  # role, a, b, stop, error
+    metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
+    assert 'drpo_backend_errors_total{kind="bad_response",model="fake-model"} 1.0' in metrics
+
+
+def test_the_openai_client_raises_api_error_not_connection_error(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a", "b"])[:-1]))
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        pieces = []
+        with pytest.raises(openai.APIError) as raised:
+            for chunk in client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True
+            ):
+                pieces.append(chunk.choices[0].delta.content or "")
+    assert not isinstance(raised.value, openai.APIConnectionError)
+    assert "".join(pieces) == "ab"
+
+
+def test_an_unterminated_last_event_is_not_forwarded(proxy: str, backend: FakeBackend) -> None:
+    cut = _chunk_bytes("never")[:-2]  # the event without its blank line
+    backend.enqueue(stream([*chat_chunks(["a"])[:2], cut]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert "never" not in response.text
+    assert "middle of an event" in str(_last_error(response.text)["message"])
+
+
+def test_an_unterminated_done_still_ends_the_stream(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream([*chat_chunks(["a"])[:-1], b"data: [DONE]"]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert data_events(response.text)[-1] == "[DONE]"
+    assert "error" not in response.text
+
+
+def test_the_backends_own_error_event_is_not_doubled(proxy: str, backend: FakeBackend) -> None:
+    failure = {"error": {"message": "out of memory", "type": "server_error", "param": None, "code": None}}
+    backend.enqueue(stream([*chat_chunks(["a"])[:2], failure]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert _last_error(response.text)["message"] == "out of memory"
+    assert response.text.count('"error"') == 1
+
+
+@pytest.mark.parametrize("garbage", [b"<html>502 Bad Gateway</html>", b"", b'data: {"choices": [{"delta"'])
+def test_a_stream_with_no_complete_event_is_502(proxy: str, backend: FakeBackend, garbage: bytes) -> None:
+    backend.enqueue(stream([garbage] if garbage else []))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "bad_backend_response"
+
+
+def test_bypass_streams_are_checked_too(proxy: str, backend: FakeBackend) -> None:
+    backend.enqueue(stream(chat_chunks(["a"])[:-1]))
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=BODY, headers={"x-drpo-bypass": "1"}, timeout=10)
+    assert _last_error(response.text)["code"] == "bad_backend_response"
+
+
+@pytest.mark.parametrize("ending", [b"\r\r", b"\n\r\n", b"\r\n\n", b"\n\r", b"\r\r\n", b"\r\n\r"])
+def test_events_with_any_line_ending_are_forwarded_as_they_complete(
+    proxy: str, backend: FakeBackend, ending: bytes
+) -> None:
+    # The line's end and the blank line's, in every mix the SSE spec allows.
+    events = [encode_event(e)[:-2] + ending if isinstance(e, dict) else e for e in chat_chunks(["x", "y"])]
+    backend.enqueue(stream(events, delay=0.3))
+    with httpx.stream("POST", f"{proxy}/v1/chat/completions", json=BODY, timeout=10) as response:
+        chunks = response.iter_bytes()
+        first = next(chunks)
+        # The first event arrived on its own, long before the backend's last one.
+        assert b"chat.completion.chunk" in first
+        assert not backend.stream_finished.is_set()
+        rest = b"".join(chunks)
+    assert b"[DONE]" in rest and b"error" not in rest

@@ -13,6 +13,11 @@ stream whose client went away is recorded in :attr:`FakeBackend.cancelled`.
 
 ``FakeBackend(owned_by="me", reject_json_schema=True)`` looks like llama-cpp-python's
 server: that ``owned_by`` in ``/v1/models``, and a 500 for a ``json_schema`` response format.
+
+Broken backends are scripted too: :class:`RawReply` sends any bytes with any status and
+content type (a non-JSON 200, say), and a :class:`StreamReply` of raw ``bytes`` events sends
+them exactly as given (garbage, other line endings, an unterminated last event, no
+``[DONE]``); :func:`raw_stream` splits a byte string into such chunks.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import threading
 import time
 from collections.abc import Sequence
@@ -62,7 +68,16 @@ class StreamReply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-Reply = JsonReply | StreamReply
+@dataclass
+class RawReply:
+    """Exactly these bytes as the body (no JSON encoding), e.g. an HTML page with status 200."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "text/plain"
+
+
+Reply = JsonReply | StreamReply | RawReply
 
 
 # -- canned payloads ----------------------------------------------------------------
@@ -162,6 +177,12 @@ def stream(events: Sequence[Event], delay: float = 0.0, drop_after: int | None =
     return StreamReply(events, delay, drop_after)
 
 
+def raw_stream(data: bytes, cuts: Sequence[int] = ()) -> StreamReply:
+    """A stream sending ``data`` verbatim, cut into chunks at the given offsets."""
+    bounds = [0, *sorted(cuts), len(data)]
+    return StreamReply([data[a:b] for a, b in itertools.pairwise(bounds) if b > a])
+
+
 def encode_event(event: Event) -> bytes:
     if isinstance(event, bytes):
         return event
@@ -259,7 +280,9 @@ class FakeBackend:
             return
         with self._lock:
             reply = self._queue.popleft() if self._queue else self._default(path)
-        if isinstance(reply, JsonReply):
+        if isinstance(reply, RawReply):
+            await self._send_raw(send, reply)
+        elif isinstance(reply, JsonReply):
             if reply.delay and await self._client_left_within(receive, reply.delay):
                 self.cancelled.set()
                 return
@@ -298,6 +321,12 @@ class FakeBackend:
         headers += [(k.encode(), v.encode()) for k, v in reply.headers.items()]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _send_raw(send: Any, reply: RawReply) -> None:
+        headers = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(reply.body)).encode())]
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
 
     async def _send_stream(self, receive: Any, send: Any, reply: StreamReply) -> None:
         gone = asyncio.Event()
