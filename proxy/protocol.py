@@ -193,9 +193,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._stage = _DONE
         self._cancel_timer()
         super().on_message_complete()
+        if self.cycle.response_complete:
+            # Answered before its body ended (e.g. 413): idle from here on, as after any response
+            # (the bytes of the body stopped uvicorn's keep-alive timer; the header deadline applies).
+            self._stage = _IDLE
+        else:
+            self._stage = _DONE
 
     def on_response_complete(self) -> None:
         self._idle_since = self.loop.time()
@@ -272,7 +277,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._stopped = True
         self._cancel_timer()
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        # While reading a body, cycle is that request's: answer unless it was answered already.
+        # Otherwise (a new request, or none yet) answer unless an earlier response is still going out.
+        reading_body = self._stage == _BODY
+        if (not cycle.response_started) if reading_body else (cycle is None or cycle.response_complete):
             self.transport.write(self._error_bytes(error))
         if cycle is not None and not cycle.response_complete:
             # The app may still be waiting for the body: it sees a disconnect, and writes nothing.

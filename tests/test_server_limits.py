@@ -221,6 +221,26 @@ def test_slow_but_steady_body_is_not_cut_off(port: int) -> None:
     assert status == 200, body
 
 
+def test_request_answered_before_its_body_is_closed_without_a_second_answer(port: int) -> None:
+    """413 from the Content-Length alone; the body never comes: closed, and no 408 after the 413."""
+    with connect(port) as sock:
+        sock.sendall(chat_request(b"", content_length=9 * 1024 * 1024))
+        status, _, _ = read_response(sock)
+        assert status == 413
+        assert read_until_closed(sock) == b""
+
+
+def test_connection_is_timed_out_after_the_body_of_an_early_answered_request(port: int) -> None:
+    """413 first, then the client sends the whole body and goes quiet: still closed."""
+    size = 9 * 1024 * 1024
+    with connect(port) as sock:
+        sock.sendall(chat_request(b"", content_length=size))
+        assert read_response(sock)[0] == 413
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"x" * size)
+        assert read_until_closed(sock) == b""
+
+
 def test_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(port: int) -> None:
     with connect(port) as sock:
         sock.sendall(get())
