@@ -1,7 +1,7 @@
 """The run directory: ``DRPO_HOME/runs/RUN_ID/``.
 
 ``state.json`` is the resume contract (rewritten atomically after every example, every
-beam level and every validation candidate); ``trace.json`` lists every node of the
+library-stage proposal, every beam level and every validation candidate); ``trace.json`` lists every node of the
 search for later analysis. Both are plain JSON.
 """
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 from optimizer.beam import BeamProgress
 from optimizer.errors import RunStateError
 from optimizer.icl import IclResult
+from optimizer.library import LibraryProgress
 from optimizer.rewarding import Evaluation, Selection
 from prompts.store import write_atomic
 
@@ -39,9 +40,11 @@ class RunState(BaseModel):
     queries: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
     selections: dict[str, Selection] = Field(default_factory=dict)
     icl: dict[int, IclResult] = Field(default_factory=dict)
+    library: LibraryProgress | None = None  # absent in checkpoints from before the library stage
     beam: BeamProgress | None = None
     validation: dict[str, ValidationResult] = Field(default_factory=dict)
     chosen: str | None = None
+    choice_reasons: dict[str, str] = Field(default_factory=dict)  # per candidate: why it did (not) beat the initial
     artifact_version: str | None = None
     sessions: list[dict[str, Any]] = Field(default_factory=list)
     # Role endpoints (url, model; never keys) so --resume needs no flags.
@@ -83,6 +86,7 @@ class RunDir:
             "status": state.status,
             "selections": {q: s.model_dump(mode="json") for q, s in state.selections.items()},
             "examples": [state.icl[i].model_dump(mode="json") for i in sorted(state.icl)],
+            "library": None if state.library is None else state.library.model_dump(mode="json"),
             "nodes": nodes,
             "beam": [] if state.beam is None else state.beam.beam,
             "rewrite_failures": [] if state.beam is None else state.beam.rewrite_failures,

@@ -40,3 +40,11 @@ class OptimizeConfig(BaseModel):
     judge_max_tokens: int = Field(default=JUDGE_MAX_TOKENS, ge=1)
     optimizer_max_tokens: int = Field(default=OPTIMIZER_MAX_TOKENS, ge=1)
     queries_source: str = "packaged seed set"
+    val_source: str = ""  # a named labelled set for validation; empty: split off the training queries
+    # Mini-batch: training queries per beam level and per library-stage round.
+    batch_size: int = Field(default=4, ge=1)
+    # Library stage: rounds (one mini-batch each) and edits proposed per round.
+    library_rounds: int = Field(default=4, ge=0)
+    library_edits: int = Field(default=2, ge=1)
+    # How much worse a refusal metric may get on val before a candidate is disqualified.
+    refusal_margin: float = Field(default=0.0, ge=0, le=1)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer.errors import QueryFileError
+from optimizer.evalsets import Label, LabelledQuery, parse_label
 
 _TEXT_FIELDS = ("query", "instruction", "prompt")
 
@@ -19,13 +20,36 @@ class Query:
     text: str
     category: str = ""
     harmful: bool | None = None  # None: unknown, the selector decides
+    # What a well-aligned model should do with it (harmful: refuse; lookalike, ordinary: answer).
+    # None: unlabelled. Set explicitly, or derived from the harmful flag (see label_from_flag).
+    label: Label | None = None
+
+    def __post_init__(self) -> None:
+        if self.label is None and self.harmful is not None:
+            object.__setattr__(self, "label", label_from_flag(self.harmful, self.category))
+        elif self.harmful is None and self.label is not None:
+            object.__setattr__(self, "harmful", self.label == "harmful")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "category": self.category, "harmful": self.harmful}
+        return {"text": self.text, "category": self.category, "harmful": self.harmful, "label": self.label}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Query:
-        return cls(str(data["text"]), str(data.get("category", "")), data.get("harmful"))
+        # Checkpoints written before labels existed carry only the harmful flag (see __post_init__).
+        return cls(str(data["text"]), str(data.get("category", "")), data.get("harmful"), data.get("label"))
+
+    @classmethod
+    def from_labelled(cls, query: LabelledQuery) -> Query:
+        return cls(query.text, query.source, query.label == "harmful", query.label)
+
+
+def label_from_flag(harmful: object, category: str = "") -> Label | None:
+    """The packaged seed sets' convention: harmful → harmful; harmless → look-alike or ordinary."""
+    if harmful is True:
+        return "harmful"
+    if harmful is False:
+        return "lookalike" if category == "lookalike" else "ordinary"
+    return None
 
 
 def _from_object(obj: Any, where: str) -> Query:
@@ -40,7 +64,11 @@ def _from_object(obj: Any, where: str) -> Query:
             extra = obj.get("input")
             text = value.strip() + (f"\n\n{extra.strip()}" if isinstance(extra, str) and extra.strip() else "")
             harmful = obj.get("harmful")
-            return Query(text, str(obj.get("category", "")), harmful if isinstance(harmful, bool) else None)
+            category = str(obj.get("category", ""))
+            if obj.get("label") is not None:
+                label = parse_label(obj["label"], where)
+                return Query(text, category, label == "harmful", label)
+            return Query(text, category, harmful if isinstance(harmful, bool) else None)
     raise QueryFileError(f"{where}: no non-empty 'query', 'instruction' or 'prompt' field")
 
 

@@ -3,6 +3,12 @@
 Per query: the target answers under the initial prompt (no examples yet); then up to
 ``iters`` rounds of judge → optimizer rewrites the answer to fix every criticism →
 judge; the best-scoring answer is kept; a perfect score (every aspect 5) stops early.
+
+Only answers above the quality floor (:mod:`optimizer.answer_checks`) can be kept: a
+rewrite below it is sent back to the optimizer with the reason (and, if it still fails,
+the previous answer stays); a query with no passing answer yields no example at all.
+The example's label follows from the query's (harmful → refusal, look-alike → helpful,
+ordinary → general), else from the selector's harmful flag.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from collections.abc import Callable
 from pydantic import BaseModel, Field
 
 from optimizer import prompts_text as text
+from optimizer.answer_checks import answer_problem, example_label
 from optimizer.data import Query
 from optimizer.llm import Endpoint, LLMClient
 from optimizer.rewarding import Evaluation, Rewarder, Selection
 from optimizer.target import Candidate, Target
+from prompts.artifact import ExampleLabel
 
 ANSWER_MAX_CHARS = 1500
 
@@ -28,6 +36,8 @@ class IclResult(BaseModel):
     reward: float | None
     attempts: list[Evaluation] = Field(default_factory=list)
     rewrite_failures: int = 0
+    label: ExampleLabel | None = None
+    rejections: list[str] = Field(default_factory=list)  # why answers fell below the floor
 
 
 class _AnswerRewrite(BaseModel):
@@ -91,40 +101,64 @@ class ExampleOptimizer:
     async def optimize(
         self, index: int, query: Query, selection: Selection, on_done: Callable[[IclResult], None] | None = None
     ) -> IclResult:
+        label = example_label(query.label, selection.harmful)
+
+        def problem(answer: str) -> str | None:
+            return answer_problem(query.text, answer, label)
+
         first = await self.target.answer(self.base, query.text)
-        best = await self.rewarder.judge(query, first, selection)
-        attempts = [best]
+        current = await self.rewarder.judge(query, first, selection)
+        attempts = [current]
+        rejections: list[str] = []
+        best: Evaluation | None = None
+        if (first_problem := problem(first)) is None:
+            best = current
+        else:
+            rejections.append(first_problem)
         failures = 0
         for round_ in range(self.iters):
-            if _perfect(best):
+            if best is not None and _perfect(best):
                 break
-            rewritten = await self._rewrite(query, best, round_)
+            basis = best or current
+            rewritten = await self._rewrite(query, basis, problem(basis.answer), round_, problem)
             if rewritten is None:
                 failures += 1
                 break  # the same request would come back from the cache: no point repeating it
             evaluation = await self.rewarder.judge(query, rewritten, selection)
             attempts.append(evaluation)
-            if _better(evaluation, best):
+            if best is None or _better(evaluation, best):
                 best = evaluation
         result = IclResult(
             index=index,
             query=query.text,
-            answer=best.answer,
-            reward=best.reward,
+            answer="" if best is None else best.answer,
+            reward=None if best is None else best.reward,
             attempts=attempts,
             rewrite_failures=failures,
+            label=label,
+            rejections=rejections,
         )
         if on_done is not None:
             on_done(result)
         return result
 
-    async def _rewrite(self, query: Query, current: Evaluation, round_: int) -> str | None:
+    async def _rewrite(
+        self,
+        query: Query,
+        current: Evaluation,
+        floor_problem: str | None,
+        round_: int,
+        problem: Callable[[str], str | None],
+    ) -> str | None:
+        feedback = current.feedback()
+        if floor_problem:
+            feedback += f"\n- Unusable as it stands: {floor_problem}."
         messages = [
             {"role": "system", "content": text.ANSWER_REWRITE_SYSTEM},
             {
                 "role": "user",
                 "content": text.ANSWER_REWRITE_USER.format(
-                    query=query.text, answer=current.answer or "(empty)", feedback=current.feedback()
+                    query=query.text, answer=current.answer or "(empty)", feedback=feedback
                 ),
             },
         ]
@@ -134,10 +168,11 @@ class ExampleOptimizer:
             "seed": stable_seed(self.seed, "icl", query.text, round_),
         }
 
-        def non_empty(reply: _AnswerRewrite) -> str | None:
-            return None if reply.answer.strip() else "the answer is empty"
+        def above_floor(reply: _AnswerRewrite) -> str | None:
+            # The reason goes back to the optimizer as its retry instruction.
+            return problem(reply.answer.strip()[:ANSWER_MAX_CHARS])
 
         parsed = await self.llm.structured(
-            self.optimizer, messages, "answer_rewrite", answer_schema(), _AnswerRewrite, params, non_empty
+            self.optimizer, messages, "answer_rewrite", answer_schema(), _AnswerRewrite, params, above_floor
         )
         return None if parsed.value is None else parsed.value.answer.strip()[:ANSWER_MAX_CHARS]

@@ -1,9 +1,12 @@
 """One optimization run, start to finish (or to a clean stop), resumable.
 
-Order: aspect selection for every query → Stage 1 (examples) → Stage 2 (beam search)
-→ validation re-scoring of the final beam and the initial prompt → a new artifact
-version in the store. The run state is checkpointed after every example, beam level
-and validation candidate; on resume finished work is read back, never recomputed.
+Order: aspect selection for every query → Stage 1 (examples, each above the quality
+floor) → the library stage (edits to the library as retrieved, kept on train, confirmed
+on val) → Stage 2 (beam search on mini-batches) → validation of the final beam against
+the initial prompt on labelled val queries (multi-objective: no refusal metric may get
+worse) → a new artifact version in the store, its val metrics in the provenance. The run
+state is checkpointed after every example, library proposal, beam level and validation
+candidate; on resume finished work is read back, never recomputed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from optimizer.data import Query, split_queries
 from optimizer.errors import BudgetExceeded, RunStateError
 from optimizer.estimate import project
 from optimizer.icl import ExampleOptimizer, IclResult
+from optimizer.library import LibraryProgress, LibraryStage
 from optimizer.llm import Budget, Counters, Endpoint, LLMCache, LLMClient, Transport, run_all
+from optimizer.multiobjective import Scored, choose, report
 from optimizer.progress import ProgressView, summary_table
 from optimizer.rewarding import Rewarder
 from optimizer.target import Candidate, Target
@@ -68,8 +73,36 @@ class RunOutcome:
         return self.state.status == "stopped"
 
 
-def initial_state(run_id: str, config: OptimizeConfig, queries: Sequence[Query], icl: Sequence[Query]) -> RunState:
-    train, val = split_queries(list(queries), config.val_size, config.seed)
+def cap_validation(val: Sequence[Query], size: int) -> list[Query]:
+    """At most ``size`` queries, labels taken in turn (set order within a label), so every label stays in."""
+    if size <= 0 or len(val) <= size:
+        return list(val)
+    groups: dict[str | None, list[Query]] = {}
+    for q in val:
+        groups.setdefault(q.label, []).append(q)
+    picked: list[Query] = []
+    while len(picked) < size:
+        for group in groups.values():
+            if group and len(picked) < size:
+                picked.append(group.pop(0))
+    chosen = {q.text for q in picked}
+    return [q for q in val if q.text in chosen]
+
+
+def initial_state(
+    run_id: str,
+    config: OptimizeConfig,
+    queries: Sequence[Query],
+    icl: Sequence[Query],
+    val: Sequence[Query] | None = None,
+) -> RunState:
+    """The run's queries: ``val`` when a validation set is named (capped at ``val_size``), else split off."""
+    if val is None:
+        train, val = split_queries(list(queries), config.val_size, config.seed)
+    else:
+        val = cap_validation(val, config.val_size)
+        held_out = {q.text for q in val}
+        train, _ = split_queries([q for q in queries if q.text not in held_out], 0, config.seed)
     return RunState(
         run_id=run_id,
         config=config.model_dump(mode="json"),
@@ -131,7 +164,7 @@ class Optimization:
         try:
             with self.view:
                 await self._select_aspects()
-                examples = await self._stage_examples()
+                examples = await self._stage_library(await self._stage_examples())
                 beam = await self._stage_beam(examples)
                 await self._validate(beam, examples)
                 artifact = self._publish(examples)
@@ -155,7 +188,8 @@ class Optimization:
     # -- stages --------------------------------------------------------------------------------------
 
     async def _select_aspects(self) -> None:
-        visited = self.train[: self.config.depth + self.config.max_depth_increase + 1]
+        levels = self.config.depth + self.config.max_depth_increase + 1
+        visited = self.train[: levels * self.config.batch_size]
         pending = [q for q in [*self.icl, *visited, *self.val] if q.text not in self.state.selections]
         unique = list({q.text: q for q in pending}.values())
         self.view.update(stage="aspects", position=f"{len(unique)} queries")
@@ -189,12 +223,55 @@ class Optimization:
         self.view.update(stage="stage 1: examples", position=f"example {len(self.state.icl)}/{len(self.icl)}")
         await run_all([worker.optimize(i, q, self.state.selections[q.text], done) for i, q in todo])
         results = [self.state.icl[i] for i in sorted(self.state.icl)]
-        return tuple(Example(query=r.query, answer=r.answer) for r in results if r.answer.strip())
+        return tuple(Example(query=r.query, answer=r.answer, label=r.label) for r in results if r.answer.strip())
+
+    async def _stage_library(self, examples: tuple[Example, ...]) -> tuple[Example, ...]:
+        c = self.config
+        if c.library_rounds == 0 and self.state.library is None:
+            return examples
+        stage = LibraryStage(
+            self.llm,
+            self.target,
+            self.roles.optimizer,
+            c.initial_prompt,
+            self.retrieval,
+            self.train,
+            self.val,
+            rounds=c.library_rounds,
+            edits_per_round=c.library_edits,
+            batch_size=c.batch_size,
+            temperature=c.optimizer_temperature,
+            max_tokens=c.optimizer_max_tokens,
+            seed=c.seed,
+            margin=c.refusal_margin,
+            checkpoint=self._checkpoint_library,
+        )
+
+        def position(progress: LibraryProgress) -> str:
+            kept = sum(1 for e in progress.edits if e.accepted)
+            return f"round {progress.rounds_done}/{c.library_rounds}, {kept} edits kept"
+
+        self.view.update(stage="library stage", position=position(self.state.library) if self.state.library else "")
+        progress = await stage.run(examples, self.state.library)
+        return progress.library
+
+    def _checkpoint_library(self, progress: LibraryProgress) -> None:
+        self.state.library = progress
+        self.save()
+        kept = sum(1 for e in progress.edits if e.accepted)
+        self.view.update(position=f"round {progress.rounds_done}/{self.config.library_rounds}, {kept} edits kept")
 
     async def _stage_beam(self, examples: tuple[Example, ...]) -> BeamProgress:
         c = self.config
         settings = BeamSettings(
-            c.beam, c.actions, c.depth, c.max_depth_increase, c.optimizer_temperature, c.optimizer_max_tokens, c.seed
+            c.beam,
+            c.actions,
+            c.depth,
+            c.max_depth_increase,
+            c.optimizer_temperature,
+            c.optimizer_max_tokens,
+            c.seed,
+            c.batch_size,
         )
         search = BeamSearch(
             self.llm,
@@ -253,17 +330,19 @@ class Optimization:
             self.save()
 
         await run_all([score(n) for n in candidates])
-        order = {n.id: i for i, n in enumerate(candidates)}
-        results = [self.state.validation[n.id] for n in candidates]
-
-        def key(v: ValidationResult) -> tuple[int, float, float, int]:
-            # Best held-out score wins; then the training reward; then beam order.
-            if v.score is None:
-                return (1, 0.0, 0.0, order[v.node_id])
-            return (0, -v.score, -(v.train_reward or 0.0), order[v.node_id])
-
-        self.state.chosen = min(results, key=key).node_id if results else beam.beam[0]
+        # The initial prompt stays unless a candidate beats it on val: no refusal metric worse
+        # (within the margin) and a better alignment objective, or, on a tie, a better judge score.
+        scored = [self._scored(n.id) for n in candidates]
+        # The initial prompt is the root, or a beam node that kept it unchanged.
+        baseline = next(s for s, n in zip(scored, candidates, strict=True) if n.prompt == root.prompt)
+        winner, reasons = choose(baseline, scored, self.config.refusal_margin)
+        self.state.chosen = next(n.id for n in candidates if n.id == winner.name)
+        self.state.choice_reasons = reasons
         self.save()
+
+    def _scored(self, node_id: str) -> Scored:
+        v = self.state.validation[node_id]
+        return Scored(node_id, v.evaluations, v.score)
 
     def _publish(self, examples: tuple[Example, ...]) -> Artifact:
         beam = self.state.beam
@@ -279,6 +358,15 @@ class Optimization:
             scores["train"] = round(chosen.mean_reward, 4)
         if initial_val is not None and initial_val.score is not None:
             scores["initial_validation"] = round(initial_val.score, 4)
+        val_metrics: dict[str, Any] = {}
+        if chosen_val is not None:
+            for name, value in Scored(chosen.id, chosen_val.evaluations).rates.items():
+                if value is not None:
+                    scores[f"val_{name}"] = round(value, 4)
+            val_metrics["chosen"] = report(chosen_val.evaluations, self.config.seed)
+        if initial_val is not None:
+            val_metrics["initial"] = report(initial_val.evaluations, self.config.seed)
+        library = self.state.library
         with PromptStore(self.paths.store_dir) as store:
             parent = store.active_version(self.config.model)
             artifact = Artifact(
@@ -297,6 +385,20 @@ class Optimization:
                         "settings": self.state.config,
                         "roles": self.roles.describe(),
                         "validation_queries": len(self.val),
+                        "val_source": self.config.val_source or "split from the training queries",
+                        "val_metrics": val_metrics,
+                        "choice": self.state.choice_reasons,
+                        "library_stage": None
+                        if library is None
+                        else {
+                            "chosen": library.chosen,
+                            "decision": library.decision,
+                            "edits_kept": sum(1 for e in library.edits if e.accepted),
+                            "edits_tried": len(library.edits),
+                            "val_initial": report(library.val_initial, self.config.seed),
+                            "val_optimized": report(library.val_optimized, self.config.seed),
+                        },
+                        "batch_size": self.config.batch_size,
                         "beam_levels": beam.levels_done,
                         "stop_reason": beam.stop_reason,
                         "parse_failures": sum(s.get("parse_failures", 0) for s in self.state.sessions)

@@ -129,6 +129,8 @@ def default_reply(role: str, body: dict[str, Any]) -> str:
             current = _between(user, "Current system prompt:\n", "\n\nEarlier versions")
             rule = digest(body.get("messages"), body.get("seed"))[:6]
             return json.dumps({"diagnosis": "fake", "system_prompt": f"{current}\n- Rule {rule}."})
+        if "Examples it was shown:" in user:  # a library-stage edit
+            return json.dumps({"action": "remove", "index": 0, "query": "", "answer": "", "label": "general"})
         answer = _between(user, "Current answer:\n", "\n\nGrader feedback")
         return json.dumps({"critique": "fake", "answer": f"Better: {answer[:40]} {digest(user)[:6]}"})
     # target: the answer carries a fingerprint of everything the model saw.
@@ -204,6 +206,16 @@ class ScriptedLLM:
 
 def transient(message: str = "HTTP 503") -> TransientLLMError:
     return TransientLLMError(message, retry_after=0.0)
+
+
+def model_like_answer(body: dict[str, Any]) -> str:
+    """A target reply shaped like a small chat model's: it refuses requests with harmful words and
+    answers the rest in a full sentence, fingerprinted by everything it saw (so prompts still differ)."""
+    query = _last_user(body) or str(body.get("prompt", ""))[-200:]
+    mark = digest(_all_text(body))[:10]
+    if any(w in query.lower() for w in HARMFUL_WORDS):
+        return f"I can't help with that, because it could hurt people; I can point you to safety resources. ({mark})"
+    return f"Here is a clear, practical answer to your question, with the key steps explained in order. Ref {mark}."
 
 
 # -- the same replies over HTTP -------------------------------------------------------------------

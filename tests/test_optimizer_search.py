@@ -16,7 +16,7 @@ from optimizer.data import Query
 from optimizer.llm import Endpoint
 from optimizer.run import Optimization, Paths, Roles, RunOutcome, initial_state
 from prompts.store import PromptStore
-from tests.fakes_llm import ScriptedLLM
+from tests.fakes_llm import ScriptedLLM, model_like_answer
 
 pytestmark = pytest.mark.anyio
 
@@ -50,6 +50,10 @@ def make_config(**overrides: Any) -> OptimizeConfig:
         "icl_iters": 2,
         "val_size": 3,
         "concurrency": 1,
+        # One query per level and no library rounds: the plain beam these tests were written for
+        # (mini-batches and the library stage have their own tests in test_optimizer_library.py).
+        "batch_size": 1,
+        "library_rounds": 0,
     }
     base.update(overrides)
     return OptimizeConfig(**base)
@@ -68,6 +72,8 @@ async def run(
     state = run_dir.load() if resume else initial_state(run_id, config, QUERIES, ICL)
     if resume:
         state.config = config.model_dump(mode="json")
+    # Example answers must pass the quality floor: the bare fingerprint default is too short.
+    fake.responders.setdefault("target", model_like_answer)
     return await Optimization(state, config, roles(), fake, paths, activate=activate).run()
 
 
