@@ -386,7 +386,7 @@ OPERATIONS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations=OPERATIONS)
 def test_rollback_matches_replaying_the_history(operations: list[tuple[str, int]]) -> None:
     with tempfile.TemporaryDirectory() as directory, PromptStore(directory) as store:

@@ -78,23 +78,27 @@ class State:
     generation: int
 
 
+def _read_state(store: PromptStore) -> State:
+    return State(
+        models=tuple(store.models()),
+        versions=tuple(info.version for info in store.versions(MODEL)),
+        history=tuple((h["version"], h["action"]) for h in store.history(MODEL)),
+        active=store.active_version(MODEL),
+        generation=store.generation(),
+    )
+
+
 def _state(home: Path) -> State:
     with PromptStore(home / "store") as store:
-        return State(
-            models=tuple(store.models()),
-            versions=tuple(info.version for info in store.versions(MODEL)),
-            history=tuple((h["version"], h["action"]) for h in store.history(MODEL)),
-            active=store.active_version(MODEL),
-            generation=store.generation(),
-        )
+        return _read_state(store)
 
 
-def _snapshot_version(home: Path) -> str:
-    """What `drpo serve` does at start-up: load every active artifact into memory."""
+def _state_and_snapshot(home: Path) -> tuple[State, str]:
+    """The state, and what `drpo serve` does at start-up: load every active artifact into memory."""
     with PromptStore(home / "store") as store:
         snapshot = ArtifactSnapshot(store, 1.0)
         snapshot.load_now()
-        return snapshot.get(MODEL).artifact.version
+        return _read_state(store), snapshot.get(MODEL).artifact.version
 
 
 def _operation_argument(op: str, home: Path, tmp_path: Path) -> str:
@@ -124,11 +128,11 @@ def test_kill_after_every_write_step_loses_nothing(op: str, big_home: Path, tmp_
     assert len(before.versions) >= VERSIONS and len(before.history) >= ACTIVATIONS
     for number, home in enumerate(killed, 1):
         where = f"killed after step {number} ({result['steps'][number - 1]}) of {op}"
-        state = _state(home)
+        state, served = _state_and_snapshot(home)
         assert set(before.versions) <= set(state.versions), where
         assert len(state.history) in (len(before.history), len(before.history) + 1), where
         assert state in (before, after), where
-        assert _snapshot_version(home) == state.active, where
+        assert served == state.active, where
 
     # Every command works on every crashed copy (rollback last: it changes the copy).
     homes = [*killed, completed]
@@ -136,9 +140,10 @@ def test_kill_after_every_write_step_loses_nothing(op: str, big_home: Path, tmp_
     for home in homes:
         for run in outcomes[str(home)]:
             assert run["exit"] == 0, (home.name, run)
-    # And the installed console script itself, on the copy killed just before the commit.
+    # And the installed console script itself (once: it costs a second of start-up), on the
+    # copy killed just before the commit.
     drpo = Path(sys.executable).with_name("drpo")
-    if drpo.exists():
+    if op == "import-activate" and drpo.exists():
         env = {**_env(), "DRPO_HOME": str(killed[-2])}
         listed = subprocess.run(
             [str(drpo), "prompts", "list", MODEL, "--versions"], capture_output=True, text=True, env=env, check=False
