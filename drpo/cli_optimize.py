@@ -29,6 +29,7 @@ from optimizer.config import (
 from optimizer.data import Query, icl_seed_queries, load_query_file, seed_queries
 from optimizer.errors import OptimizerError
 from optimizer.estimate import project
+from optimizer.evalsets import SET_NAMES, load_labelled_file, resolve_set
 from optimizer.llm import Endpoint, JsonDialect
 from optimizer.openai_transport import OpenAITransport
 from optimizer.run import Optimization, Paths, Roles, initial_state, print_summary
@@ -141,8 +142,41 @@ def _backend_for(roles: Roles, console: Console, log_path: Path) -> Iterator[Rol
         yield _with_url(roles, backend.base_url)
 
 
-def _load_queries(path: Path | None) -> list[Query]:
-    return seed_queries() if path is None else load_query_file(path)
+def _set_name(value: str | None, flag: str) -> str | None:
+    """A labelled set the optimizer may use: any known name except the test split."""
+    if value is None:
+        return None
+    if value not in SET_NAMES:
+        raise typer.BadParameter(f"unknown set {value!r}; known sets: {', '.join(SET_NAMES)}", param_hint=flag)
+    if value.removeprefix("eval-dev:") == "test":
+        raise typer.BadParameter(
+            "the test split is for reporting only (drpo eval, BENCHMARKS.md); nothing may be trained or "
+            "selected on it: use --train-set train and --val-set val",
+            param_hint=flag,
+        )
+    return value
+
+
+def _load_queries(path: Path | None, train_set: str | None = None, labelled: Path | None = None) -> list[Query]:
+    """Training queries: a named labelled set and/or a labelled file, else --queries, else the seed set."""
+    if train_set is None and labelled is None:
+        return seed_queries() if path is None else load_query_file(path)
+    pool = (resolve_set(train_set) if train_set else []) + (load_labelled_file(labelled) if labelled else [])
+    seen: set[str] = set()
+    out = []
+    for q in pool:
+        if q.text not in seen:
+            seen.add(q.text)
+            out.append(Query.from_labelled(q))
+    return out
+
+
+def _queries_source(path: Path | None, train_set: str | None, labelled: Path | None) -> str:
+    parts = [f"set {train_set}"] if train_set else []
+    parts += [f"labelled file {labelled}"] if labelled else []
+    if parts:
+        return " + ".join(parts)
+    return str(path) if path else "packaged seed set"
 
 
 def optimize(
@@ -161,6 +195,23 @@ def optimize(
         help="Training queries: JSONL (query|instruction|prompt field), a JSON list of such objects, "
         "or plain text one query per line. Default: the packaged seed set (154 queries).",
     ),
+    train_set: str = typer.Option(
+        None,
+        "--train-set",
+        help="Labelled training queries from a named set: builtin-val, train, val (eval-dev splits). "
+        "'test' is refused: it is for reporting only.",
+    ),
+    val_set: str = typer.Option(
+        None,
+        "--val-set",
+        help="Labelled validation queries for the final pick (e.g. val, builtin-val), capped at --val-size "
+        "with every label kept. Default: --val-size queries split off the training queries.",
+    ),
+    labelled_queries: Path = typer.Option(
+        None,
+        "--labelled-queries",
+        help="Labelled training queries: JSONL with 'query' and 'label' (harmful | lookalike | ordinary).",
+    ),
     mode: str = typer.Option(None, "--mode", help="Target layout: chat | completion (default: config, else chat)."),
     beam: int = typer.Option(2, "--beam", min=1, help="Beam width: states kept per level."),
     actions: int = typer.Option(3, "--actions", min=1, help="Prompt rewrites per beam state and level."),
@@ -175,6 +226,20 @@ def optimize(
     icl_iters: int = typer.Option(5, "--icl-iters", min=0, help="Improvement rounds per example (Stage 1)."),
     val_size: int = typer.Option(10, "--val-size", min=0, help="Held-out validation queries."),
     judge_samples: int = typer.Option(1, "--judge-samples", min=1, help="Judge calls averaged per answer."),
+    batch_size: int = typer.Option(
+        4, "--batch-size", min=1, help="Training queries per beam level and per library round (mini-batch)."
+    ),
+    library_rounds: int = typer.Option(
+        4, "--library-rounds", min=0, help="Library-stage rounds (0: keep Stage 1's examples as they are)."
+    ),
+    library_edits: int = typer.Option(2, "--library-edits", min=1, help="Library edits proposed per round."),
+    refusal_margin: float = typer.Option(
+        0.0,
+        "--refusal-margin",
+        min=0.0,
+        max=1.0,
+        help="How much worse a refusal rate may get on val before a candidate is disqualified.",
+    ),
     k: int = typer.Option(3, "--k", min=0, max=16, help="Examples retrieved per query (stored in the artifact)."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="LLM calls in flight at once."),
     max_calls: int = typer.Option(None, "--max-calls", min=1, help="Stop cleanly after this many fresh LLM calls."),
@@ -218,6 +283,11 @@ def optimize(
         else:
             if not model:
                 raise typer.BadParameter("--model is required (or --resume RUN_ID)", param_hint="--model")
+            train_name, val_name = _set_name(train_set, "--train-set"), _set_name(val_set, "--val-set")
+            if queries and (train_name or labelled_queries):
+                raise typer.BadParameter(
+                    "use --queries or --train-set/--labelled-queries, not both", param_hint="--queries"
+                )
             options = file_config.options_for(model)
             layout: Layout = "completion" if (mode or options.mode) == "completion" else "chat"
             cfg = OptimizeConfig(
@@ -242,9 +312,16 @@ def optimize(
                 judge_max_tokens=judge_max_tokens,
                 selector_max_tokens=selector_max_tokens,
                 optimizer_max_tokens=optimizer_max_tokens,
-                queries_source=str(queries) if queries else "packaged seed set",
+                queries_source=_queries_source(queries, train_name, labelled_queries),
+                val_source=val_name or "",
+                batch_size=batch_size,
+                library_rounds=library_rounds,
+                library_edits=library_edits,
+                refusal_margin=refusal_margin,
             )
-            state = initial_state(new_run_id(), cfg, _load_queries(queries), icl_seed_queries())
+            val = [Query.from_labelled(q) for q in resolve_set(val_name)] if val_name else None
+            pool = _load_queries(queries, train_name, labelled_queries)
+            state = initial_state(new_run_id(), cfg, pool, icl_seed_queries(), val)
         stored = state.roles if resume else {}
         target_flag: str | None = backend
         if not target_flag and "target" in stored and stored["target"]["url"] != EMBEDDED:

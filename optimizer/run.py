@@ -416,12 +416,22 @@ def summary_rows(outcome: RunOutcome, activated: bool) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = [("run id", state.run_id), ("status", state.status)]
     if state.stop_reason:
         rows.append(("stopped because", state.stop_reason + " (resume with --resume " + state.run_id + ")"))
+    if state.library is not None:
+        kept = sum(1 for e in state.library.edits if e.accepted)
+        verdict = f", {state.library.chosen} library used ({state.library.decision})" if state.library.chosen else ""
+        rows.append(("library stage", f"{kept} of {len(state.library.edits)} edits kept{verdict}"))
     if state.beam is not None:
         rows.append(("beam levels", f"{state.beam.levels_done} ({state.beam.stop_reason or 'in progress'})"))
     for v in state.validation.values():
         mark = " (chosen)" if v.node_id == state.chosen else ""
         score = "n/a" if v.score is None else f"{v.score:.3f}"
-        rows.append((f"validation {v.node_id}{mark}", f"{score}, {v.excluded} judge failures excluded"))
+        refusal = ", ".join(
+            f"{name.removesuffix('_refusal')} {value:.2f}"
+            for name, value in Scored(v.node_id, v.evaluations).rates.items()
+            if value is not None and name.endswith("_refusal")
+        )
+        refusal = f", refusal: {refusal}" if refusal else ""
+        rows.append((f"validation {v.node_id}{mark}", f"{score}{refusal}, {v.excluded} judge failures excluded"))
     rows += [
         ("examples", len([r for r in state.icl.values() if r.answer.strip()])),
         ("calls (fresh / cached)", f"{c.fresh_calls} / {c.cached_calls}"),
