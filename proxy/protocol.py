@@ -33,7 +33,8 @@ Every deadline is about the client *sending* its request. Once the request is co
 timer runs until the response is done: a streamed answer may take minutes.
 
 Hot-path cost: a request whose headers and body arrive with the first read arms no timer;
-each read adds one counter increment, each header one length addition. The module depends
+each read adds a counter increment and a length, each request one comparison (headers are
+only added up when the reads that carried them exceed the limit). The module depends
 on uvicorn's ``HttpToolsProtocol`` internals (``parser``, ``cycle``, ``flow``, callbacks),
 which tests/test_server_limits.py exercises against the real server.
 """
@@ -112,8 +113,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stage = _IDLE
-        self._header_bytes = 0  # request line + header names and values parsed so far
         self._raw_header_bytes = 0  # bytes received while the headers were incomplete
+        self._read_size = 0  # bytes of the read being parsed
         self._reads = 0  # progress marker for the body timer
         self._reads_at_arm = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -139,8 +140,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._stopped:
             return
         self._reads += 1
+        self._read_size = len(data)
         if self._stage == _HEADERS:
-            self._raw_header_bytes += len(data)
+            self._raw_header_bytes += self._read_size
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
@@ -176,18 +178,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._stage = _HEADERS
-        self._header_bytes = 0
         self._raw_header_bytes = 0
 
-    def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)  # with ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        # The headers arrived within the bytes counted so far plus this read: when those fit the
+        # limit, so do the headers (the usual case, no per-header work). Otherwise add them up.
+        if self._raw_header_bytes + self._read_size > self.limits.max_header_bytes and self._headers_size() > (
+            self.limits.max_header_bytes
+        ):
+            self._refuse_headers()
+            raise _Refused
         self._stage = _BODY
         self._cancel_timer()
         super().on_headers_complete()
@@ -210,11 +210,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- limits ------------------------------------------------------------------------
 
-    def _count_header_bytes(self, size: int) -> None:
-        self._header_bytes += size
-        if self._header_bytes > self.limits.max_header_bytes:
-            self._refuse_headers()
-            raise _Refused
+    def _headers_size(self) -> int:
+        """The request line's target and every header line, as received (names lower-cased)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _refuse_headers(self) -> None:
         limit = self.limits.max_header_bytes
@@ -277,16 +275,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._stopped = True
         self._cancel_timer()
         cycle = self.cycle
-        # While reading a body, cycle is that request's: answer unless it was answered already.
-        # Otherwise (a new request, or none yet) answer unless an earlier response is still going out.
-        reading_body = self._stage == _BODY
-        if (not cycle.response_started) if reading_body else (cycle is None or cycle.response_complete):
+        if self._can_answer():
             self.transport.write(self._error_bytes(error))
         if cycle is not None and not cycle.response_complete:
             # The app may still be waiting for the body: it sees a disconnect, and writes nothing.
             cycle.disconnected = True
             cycle.message_event.set()
         self.transport.close()
+
+    def _can_answer(self) -> bool:
+        if self._stage == _BODY:  # cycle is the request being read: answer unless it was answered
+            return not self.cycle.response_started
+        # A new request, or none yet: answer unless an earlier response is still going out.
+        return self.cycle is None or self.cycle.response_complete
 
     def _error_bytes(self, error: ProxyError) -> bytes:
         body = error_body(error)
