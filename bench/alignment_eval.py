@@ -35,7 +35,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from drpo.cli_eval import print_report
+from drpo.cli_eval import first_per_label, print_report
 from drpo.cli_optimize import EMBEDDED
 from drpo.evalrun import EvalJob, run_eval
 from optimizer.evalsets import gather
@@ -82,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=EMBEDDED_MODEL_ID)
     parser.add_argument("--max-tokens", type=int, default=80)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--limit", type=int, help="only the first N queries of each label (quick looks)")
     parser.add_argument("--out", type=Path, help="write the full report (every answer) here")
     args = parser.parse_args(argv)
 
     console = Console(stderr=True)
     sets = args.set or ([] if args.queries else ["test"])
     queries = gather(sets, args.queries)
+    if args.limit:
+        queries = first_per_label(queries, args.limit)
     conditions = conditions_for([c.strip() for c in args.conditions.split(",") if c.strip()], args.optimized)
     job = EvalJob(
         args.model,
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["n"] = report["queries"]
     summary["set"] = ",".join(sets) or "files"
     summary["max_tokens"] = args.max_tokens
+    summary["limit_per_label"] = args.limit
     print(json.dumps(summary))
     return 0
 

@@ -171,7 +171,7 @@ def eval_command(
         console.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
     if limit:
-        labelled = _first_per_label(labelled, limit)
+        labelled = first_per_label(labelled, limit)
     sources = [*(sets or ([] if queries else ["builtin-val"])), *(str(q) for q in queries)]
     try:
         with PromptStore(settings.store_dir) as store:
@@ -198,7 +198,7 @@ def eval_command(
     sys.stdout.write(orjson.dumps(_summary_line(report)).decode() + "\n")
 
 
-def _first_per_label(queries: Sequence[LabelledQuery], limit: int) -> list[LabelledQuery]:
+def first_per_label(queries: Sequence[LabelledQuery], limit: int) -> list[LabelledQuery]:
     counts: dict[str, int] = {}
     out = []
     for query in queries:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -52,6 +53,17 @@ def _store() -> Iterator[PromptStore]:
         raise _fail(f"cannot use the store at {settings.store_dir}: {exc}") from exc
 
 
+def _retrieval_text(artifact: Artifact) -> str:
+    r = artifact.retrieval
+    text = f"{r.method}, k={r.k}"
+    labels = [e.label for e in artifact.examples if e.label]
+    if labels:
+        counts = {name: labels.count(name) for name in ("refusal", "helpful", "general") if name in labels}
+        text += f", labelled ({', '.join(f'{n} {name}' for name, n in counts.items())}); "
+        text += f"vote of {r.neighbours} neighbours, refusal share {r.refusal_share:g}, floor {r.min_similarity:g}"
+    return text
+
+
 def _short_time(iso: str) -> str:
     # 2024-05-01T12:34:56.789+00:00 -> 2024-05-01T12:34:56Z; unknown formats pass through.
     if len(iso) >= 19 and iso[10] == "T":
@@ -77,7 +89,7 @@ def format_artifact(artifact: Artifact, active: bool | None = None) -> str:
         f"model:       {artifact.model}",
         f"version:     {artifact.version}{state}",
         f"layout:      {artifact.layout}",
-        f"retrieval:   {artifact.retrieval.method}, k={artifact.retrieval.k}",
+        f"retrieval:   {_retrieval_text(artifact)}",
         f"made by:     {prov.method}, created {_short_time(prov.created_at.isoformat())}",
         f"parent:      {prov.parent_version or '-'}",
         f"scores:      {_scores_text(dict(prov.scores))}",
@@ -124,7 +136,31 @@ def show(
     with _store() as store:
         artifact = store.get(model, version)
         active = store.active_version(model) == artifact.version
-    typer.echo(artifact.to_json().decode() if as_json else format_artifact(artifact, active))
+        reports = store.eval_reports(model, artifact.version)
+    if as_json:
+        typer.echo(artifact.to_json().decode())
+        return
+    typer.echo(format_artifact(artifact, active))
+    if reports:
+        typer.echo("\nevals:")
+        for report in reports:
+            typer.echo("  " + format_eval_summary(report, artifact.version))
+
+
+def format_eval_summary(report: dict[str, Any], version: str) -> str:
+    """One line per stored eval report: when, on what, this version's refusal rates, the gate's verdict."""
+    rates = ""
+    for condition in report.get("conditions", []):
+        if condition.get("version") == version:
+            metrics = condition.get("metrics", {})
+            rates = ", ".join(f"{label} {m['refusal']['value']:.0%}" for label, m in metrics.items())
+            break
+    line = f"{report['id']}  {_short_time(str(report.get('stored_at', '')))}  {','.join(report.get('sources', []))}"
+    line += f"  refusal: {rates or '-'}"
+    gate = report.get("gate")
+    if gate:
+        line += f"  gate: {'promoted' if gate.get('promote') else 'kept'} ({gate.get('reason', '')})"
+    return line
 
 
 @app.command()

@@ -9,6 +9,9 @@ why every value is inline in SQLite, nothing is evicted and no value grows):
   ``["count", "version", model]``; ``["version-seq", model, version]`` → seq, the exact index.
 - ``["history", model, seq]`` → ``{"version", "at", "action", "below"}``, one row per
   activation or rollback, count in ``["count", "history", model]``.
+- ``["eval-report", model, seq]`` → an eval report (``drpo eval --store``, the promotion
+  gate): which versions were answered on which labelled prompts, refusal rates per label,
+  the gate's verdict; count in ``["count", "eval-report", model]``.
 - ``["active", model]`` → the active version id.
 - ``["models"]`` → sorted JSON list of model ids with at least one version.
 - ``["generation"]`` → counter bumped on every change of an active pointer.
@@ -32,6 +35,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from pydantic import ValidationError
@@ -99,6 +103,7 @@ class PromptStore:
             raise
         self._versions = AppendLog(self._cache, "version")
         self._history = AppendLog(self._cache, "history")
+        self._reports = AppendLog(self._cache, "eval-report")
 
     def close(self) -> None:
         self._cache.close()
@@ -240,6 +245,24 @@ class PromptStore:
         with self._cache.transact():
             self._cache.delete(active_key(model))
             self._cache.set(GENERATION_KEY, self.generation() + 1)
+
+    # -- eval reports ----------------------------------------------------------
+
+    def add_eval_report(self, model: str, report: dict[str, Any]) -> str:
+        """Keep an eval report; its id is ``MODEL#SEQ``. The versions it covers are indexed from it."""
+        versions = sorted({str(c["version"]) for c in report.get("conditions", []) if c.get("version")})
+        record = {**report, "stored_at": _now(), "versions": versions}
+        with self._cache.transact():
+            seq = self._reports.append(model, record)
+        return f"{model}#{seq}"
+
+    def eval_reports(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
+        """Stored reports of a model, oldest first; only those that evaluated ``version`` if given."""
+        out = []
+        for seq, record in self._reports.entries(model):
+            if version is None or version in record.get("versions", []):
+                out.append({"id": f"{model}#{seq}", **record})
+        return out
 
     # -- import / export -------------------------------------------------------
 
