@@ -130,8 +130,11 @@ def _write_model(cache: diskcache.Cache, legacy: _Legacy, model: str) -> bool:
     parsed = {version: _parse(raw, model, version) for version, raw in stored.items()}
     seen = {version for version, _ in listed}
     unlisted = sorted((a.provenance.created_at, v) for v, a in parsed.items() if v not in seen)
-    order = [(v, added) for v, added in listed if v in parsed]
-    order += [(v, created.isoformat()) for created, v in unlisted]
+    first_listed: dict[str, str] = {}
+    for version, added_at in listed:
+        if version in parsed:
+            first_listed.setdefault(version, added_at)
+    order = [*first_listed.items(), *((v, created.isoformat()) for created, v in unlisted)]
     versions, history = AppendLog(cache, "version"), AppendLog(cache, "history")
     for version, added_at in order:
         cache.set(artifact_key(model, version), stored[version])
