@@ -53,11 +53,12 @@ def tokenize(text: str) -> list[str]:
 
 
 # Retrieval reads at most this many characters of a query: its first and last
-# QUERY_EDGE_CHARS. Tokenizing runs on the proxy's event loop, and a 5 MB message took
-# ~300 ms there, stalling every other client; capped, any message costs about as much as a
-# 16 KB one. The edges are kept because a request usually says what it wants at the start
-# (the question) or at the end (the instruction after pasted material).
-QUERY_EDGE_CHARS = 8 * 1024
+# QUERY_EDGE_CHARS. Scoring runs on the proxy's event loop, and tokenizing a 5 MB message
+# took ~300 ms there, stalling every other client; capped, any message costs about as much
+# as an 8 KB one (BM25 ~1 ms, an embedding ~7 ms; 16 KB would cost the embedding ~35 ms).
+# The edges are kept because a request usually says what it wants at the start (the
+# question) or at the end (the instruction after pasted material).
+QUERY_EDGE_CHARS = 4 * 1024
 MAX_QUERY_CHARS = 2 * QUERY_EDGE_CHARS + 1
 
 
