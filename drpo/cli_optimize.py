@@ -205,7 +205,7 @@ def optimize(
         None,
         "--val-set",
         help="Labelled validation queries for the final pick (e.g. val, builtin-val), capped at --val-size "
-        "with every label kept. Default: --val-size queries split off the training queries.",
+        "with every label kept (0: the whole set). Default: --val-size queries split off the training queries.",
     ),
     labelled_queries: Path = typer.Option(
         None,
@@ -278,7 +278,7 @@ def optimize(
             run_dir = RunDir(paths.runs_dir, resume)
             state = run_dir.load()
             budget: dict[str, Any] = {"concurrency": concurrency, "max_calls": max_calls, "max_tokens": max_tokens}
-            cfg = OptimizeConfig.model_validate({**state.config, **budget})
+            cfg = OptimizeConfig.from_checkpoint(state.config, **budget)
             state.config = cfg.model_dump(mode="json")
         else:
             if not model:

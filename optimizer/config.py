@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.prompts_text import INITIAL_SYSTEM_PROMPT
@@ -48,3 +50,9 @@ class OptimizeConfig(BaseModel):
     library_edits: int = Field(default=2, ge=1)
     # How much worse a refusal metric may get on val before a candidate is disqualified.
     refusal_margin: float = Field(default=0.0, ge=0, le=1)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], **overrides: Any) -> OptimizeConfig:
+        """A checkpoint's settings; one from before mini-batches and the library stage resumes as it was searched."""
+        legacy = {"batch_size": 1, "library_rounds": 0}
+        return cls.model_validate({**legacy, **saved, **overrides})

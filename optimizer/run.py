@@ -227,7 +227,8 @@ class Optimization:
 
     async def _stage_library(self, examples: tuple[Example, ...]) -> tuple[Example, ...]:
         c = self.config
-        if c.library_rounds == 0 and self.state.library is None:
+        # A run checkpointed before this stage existed searched its beam with Stage 1's library: keep it.
+        if self.state.library is None and (c.library_rounds == 0 or self.state.beam is not None):
             return examples
         stage = LibraryStage(
             self.llm,

@@ -432,3 +432,26 @@ def test_a_named_val_set_is_capped_with_every_label_kept() -> None:
     assert {q.label for q in capped} == {"harmful", "lookalike", "ordinary"}
     state = initial_state("r", config(val_size=6), [*TRAIN, full[0]], ICL, full)
     assert full[0].text not in {q["text"] for q in state.queries["train"]}  # never train on a val query
+
+
+async def test_a_checkpoint_from_before_the_library_stage_resumes_as_it_was_searched(tmp_path: Path) -> None:
+    cfg = config(batch_size=1, library_rounds=0, depth=2, max_calls=30)
+    stopped = await run(tmp_path, ScriptedLLM(), cfg)
+    assert stopped.state.status == "stopped" and stopped.state.beam is not None
+    # Rewrite state.json the way the previous release wrote it: no labels, no library, no new settings.
+    path = tmp_path / "runs" / "r1" / "state.json"
+    raw = json.loads(path.read_text())
+    raw.pop("library")
+    for key in ("batch_size", "library_rounds", "library_edits", "refusal_margin", "val_source"):
+        raw["config"].pop(key)
+    for queries in raw["queries"].values():
+        for q in queries:
+            q.pop("label")
+    path.write_text(json.dumps(raw))
+    state = RunDir(tmp_path / "runs", "r1").load()
+    resumed_cfg = OptimizeConfig.from_checkpoint(state.config, max_calls=None)
+    assert (resumed_cfg.batch_size, resumed_cfg.library_rounds) == (1, 0)
+    assert {Query.from_dict(q).label for q in state.queries["train"]} == {"harmful", "ordinary"}
+    paths = Paths(tmp_path / "runs", tmp_path / "cache", tmp_path / "store")
+    done = await Optimization(state, resumed_cfg, roles(), scripted(ScriptedLLM()), paths).run()
+    assert done.state.status == "done" and done.state.library is None and done.artifact is not None
