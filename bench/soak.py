@@ -481,7 +481,7 @@ def main() -> None:
             wait_until_ok(f"http://127.0.0.1:{proxy_port}/ready", 60.0, procs[-1], name="drpo serve")
             print(
                 f"backend {backend_url}; proxy `drpo serve` pid {procs[-1].pid} on port {proxy_port}, "
-                f"artifact {MODEL}@{version} (6 examples, k=2)",
+                f"artifact {MODEL}@{version} (6 examples, k=2, bm25)",
                 flush=True,
             )
             result = uvloop.run(soak(args, proxy_port, procs[-1].pid))
