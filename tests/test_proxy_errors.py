@@ -269,3 +269,13 @@ def test_openai_client_sees_typed_errors(proxy: str, backend: FakeBackend) -> No
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
     client.close()
+
+
+def test_openai_client_gets_our_id_for_an_over_long_one(proxy: str, backend: FakeBackend) -> None:
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], extra_headers={"x-request-id": "r" * 129}
+        )
+    assert raw.headers["x-request-id"] != "r" * 129
+    assert uuid.UUID(raw.headers["x-request-id"])
+    assert raw.parse().choices[0].message.content == "ok"

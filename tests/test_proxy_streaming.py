@@ -256,3 +256,13 @@ def test_events_with_any_line_ending_are_forwarded_as_they_complete(
         assert not backend.stream_finished.is_set()
         rest = b"".join(chunks)
     assert b"[DONE]" in rest and b"error" not in rest
+
+
+def test_the_openai_client_reads_a_stream_with_mixed_line_endings(proxy: str, backend: FakeBackend) -> None:
+    events = [encode_event(e)[:-2] + b"\n\r" if isinstance(e, dict) else e for e in chat_chunks(["Hel", "lo"])]
+    backend.enqueue(stream(events))
+    with openai.OpenAI(base_url=f"{proxy}/v1", api_key="unused", max_retries=0) as client:
+        chunks = list(
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True)
+        )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello"
