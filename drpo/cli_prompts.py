@@ -205,8 +205,7 @@ def export(
 
 
 def _report_import(store: PromptStore, artifact: Artifact, activate: bool) -> None:
-    known = {info.version for info in store.versions(artifact.model)}
-    is_new = artifact.version not in known
+    is_new = not store.has_version(artifact.model, artifact.version)
     store.put(artifact, activate=activate)
     status = "new version" if is_new else "already stored"
     suffix = ", activated" if activate else ""

@@ -13,6 +13,7 @@ network, so it is loaded with ``cache_dir`` set to the package's own directory a
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,10 +38,19 @@ def _load() -> Any:
     global _model
     with _lock:
         if _model is None:
+            root = logging.getLogger()
+            handlers, level = list(root.handlers), root.level
             try:
                 import wordllama
             except ImportError as exc:  # pragma: no cover - wordllama is a core dependency
                 raise EmbeddingUnavailable("retrieval method 'embedding' needs the wordllama package") from exc
+            finally:
+                # wordllama calls logging.basicConfig(level=INFO) when imported, which would turn
+                # on every library's INFO logs (request URLs...) in our processes: undo that.
+                for handler in root.handlers[:]:
+                    if handler not in handlers:
+                        root.removeHandler(handler)
+                root.setLevel(level)
             package_dir = Path(wordllama.__file__).resolve().parent
             try:
                 _model = wordllama.WordLlama.load(cache_dir=package_dir, disable_download=True)

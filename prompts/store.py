@@ -126,6 +126,10 @@ class PromptStore:
         value = self._cache.get(active_key(model))
         return None if value is None else str(value)
 
+    def has_version(self, model: str, version: str) -> bool:
+        """Whether ``version`` (a full id) is stored for ``model``: one read."""
+        return self._cache.get(version_index_key(model, version)) is not None
+
     def get(self, model: str, version: str | None = None) -> Artifact:
         """An artifact by version, or the active one when ``version`` is None."""
         if version is None:

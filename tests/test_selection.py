@@ -94,3 +94,16 @@ def test_prepared_artifacts_use_the_method_and_labels_in_the_served_layout() -> 
     assert [m["content"] for m in harmful[2:5:2]] == ["I can't help with that."] * 2
     benign = build_chat_messages(prepared, [{"role": "user", "content": "How do I kill a program that froze?"}])
     assert "I can't help with that." not in [m["content"] for m in benign]
+
+
+def test_loading_the_embedding_model_leaves_logging_alone() -> None:
+    import logging
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from prompts.embedding import embed; embed(['x']); "
+        "root = logging.getLogger(); print(len(root.handlers), root.level)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", str(logging.WARNING)]
