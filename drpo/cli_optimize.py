@@ -215,9 +215,9 @@ def optimize(
     mode: str = typer.Option(None, "--mode", help="Target layout: chat | completion (default: config, else chat)."),
     beam: int = typer.Option(2, "--beam", min=1, help="Beam width: states kept per level."),
     actions: int = typer.Option(3, "--actions", min=1, help="Prompt rewrites per beam state and level."),
-    depth: int = typer.Option(20, "--depth", min=0, help="Beam levels (one new training query each)."),
+    depth: int = typer.Option(6, "--depth", min=0, help="Beam levels (one new mini-batch of queries each)."),
     max_depth_increase: int = typer.Option(
-        10, "--max-depth-increase", min=0, help="Extra levels allowed for levels skipped as already excellent."
+        3, "--max-depth-increase", min=0, help="Extra levels allowed for levels skipped as already excellent."
     ),
     optimizer_temperature: float = typer.Option(0.2, "--optimizer-temperature", help="Optimizer sampling temperature."),
     initial_prompt: str = typer.Option(None, "--initial-prompt", help="Initial system prompt: text or a file path."),

@@ -24,8 +24,10 @@ class OptimizeConfig(BaseModel):
     layout: Layout = "chat"
     beam: int = Field(default=2, ge=1)
     actions: int = Field(default=3, ge=1)
-    depth: int = Field(default=20, ge=0)
-    max_depth_increase: int = Field(default=10, ge=0)
+    # Levels of mini-batches (6 x 4 queries by default): about the budget of the earlier 20
+    # single-query levels, with rewards that one query cannot swing.
+    depth: int = Field(default=6, ge=0)
+    max_depth_increase: int = Field(default=3, ge=0)
     optimizer_temperature: float = Field(default=0.2, ge=0, le=2)
     initial_prompt: str = INITIAL_SYSTEM_PROMPT
     seed: int = 0
