@@ -31,7 +31,16 @@ from typing import Any
 
 from prompts.dialects import kind_from_models, rewrite_json_schema_format
 from proxy.errors import BadBackendResponse
-from proxy.streaming import _chat_id, checked_choices, checked_usage, iter_events, parse_event, sse_data
+from proxy.streaming import (
+    MalformedEvent,
+    _chat_id,
+    checked_choices,
+    checked_usage,
+    iter_events,
+    parse_event,
+    raw_events,
+    sse_data,
+)
 
 # The dialect knowledge lives in prompts.dialects (the optimizer uses it too); these are its proxy names.
 detect_kind = kind_from_models
@@ -99,8 +108,15 @@ class UsageFiller:
         self.done = False
 
     def observe(self, block: bytes) -> None:
-        """Count the tokens of complete backend events; :class:`BadBackendResponse` for a malformed one."""
-        for kind, payload in iter_events(block):
+        """Count the tokens of complete backend events; :class:`MalformedEvent` for a malformed one."""
+        for start, event in raw_events(block):
+            try:
+                self._observe(event)
+            except BadBackendResponse as exc:
+                raise MalformedEvent(exc.message, block[:start]) from None
+
+    def _observe(self, event: bytes) -> None:
+        for kind, payload in iter_events(event):
             if kind != "data" or payload.strip() == b"[DONE]":
                 continue
             data = parse_event(payload)

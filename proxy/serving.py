@@ -51,6 +51,7 @@ from proxy.streaming import (
     DONE,
     CompletionStreamTranslator,
     EventSplitter,
+    MalformedEvent,
     completion_to_chat,
     ends_with_error_event,
     has_done,
@@ -312,25 +313,23 @@ class OpenAIServing:
             async for chunk in iter_raw(response):
                 arrived = perf_counter()
                 block = splitter.feed(chunk)
-                if block and filler is not None:
-                    filler.observe(block)
-                if block and translator is not None:
-                    block = translator.translate(block)
-                if block and filler is not None:
-                    block = filler.insert(block)
-                if not block:
-                    continue
-                if not done:
-                    done = has_done(block)
-                last = block
-                if not opened:
-                    opened = True
-                    overhead += perf_counter() - arrived
-                    await self._open_stream(send, call, response.status, overhead, passed)
-                if first_data and b"data:" in block:
-                    first_data = False
-                    self.metrics.first_token(call.model, perf_counter() - started)
-                await send({"type": "http.response.body", "body": block, "more_body": True})
+                broken = None
+                if block and (filler is not None or translator is not None):
+                    block, broken = _read_events(block, translator, filler)
+                if block:
+                    if not done:
+                        done = has_done(block)
+                    last = block
+                    if not opened:
+                        opened = True
+                        overhead += perf_counter() - arrived
+                        await self._open_stream(send, call, response.status, overhead, passed)
+                    if first_data and b"data:" in block:
+                        first_data = False
+                        self.metrics.first_token(call.model, perf_counter() - started)
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+                if broken is not None:
+                    raise broken
             if not done:
                 tail = self._unfinished_tail(splitter.pending, last, translator, filler)
                 if not opened:
@@ -431,6 +430,29 @@ def _check_json_object(body: bytes) -> dict[str, Any]:
         return parse_event(body)
     except BadBackendResponse:
         raise BadBackendResponse("the backend's success response is not a JSON object") from None
+
+
+def _read_events(
+    block: bytes, translator: CompletionStreamTranslator | None, filler: UsageFiller | None
+) -> tuple[bytes, MalformedEvent | None]:
+    """A block through the usage count, translation and usage insertion (whichever apply).
+
+    On a malformed event: what the events before it became, and the error to end the stream with.
+    """
+    broken = None
+    if filler is not None:
+        try:
+            filler.observe(block)
+        except MalformedEvent as exc:
+            block, broken = exc.partial, exc
+    if translator is not None and block:
+        try:
+            block = translator.translate(block)
+        except MalformedEvent as exc:
+            block, broken = exc.partial, exc
+    if filler is not None and block:
+        block = filler.insert(block)
+    return block, broken
 
 
 async def _send_error_event(send: Send, exc: ProxyError) -> None:

@@ -144,6 +144,33 @@ def _chat_id(upstream_id: Any) -> str:
     return text if text.startswith("chatcmpl-") else "chatcmpl-" + text.removeprefix("cmpl-")
 
 
+class MalformedEvent(BadBackendResponse):
+    """A stream event that cannot be read; ``partial`` is the output for the block's events before it.
+
+    A block may hold several events (they arrive together under load): the good ones before
+    the bad one still go to the client, then the error event.
+    """
+
+    def __init__(self, message: str, partial: bytes) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+# Where each event of a block of complete events ends: a line end, then the blank line's end.
+# The first line end is matched whole (CR before LF is one CRLF, never two line ends).
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
+
+
+def raw_events(block: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(start offset, bytes)`` of each event of a block of complete events, in the block's own bytes."""
+    start = 0
+    for match in _EVENT_END.finditer(block):
+        yield start, block[start : match.end()]
+        start = match.end()
+    if start < len(block):
+        yield start, block[start:]
+
+
 def parse_event(payload: bytes) -> dict[str, Any]:
     """A data event's JSON object; :class:`BadBackendResponse` for anything else."""
     try:
@@ -229,7 +256,7 @@ def completion_to_chat(data: dict[str, Any], model: str) -> dict[str, Any]:
 class CompletionStreamTranslator:
     """Rewrites a ``/v1/completions`` event stream into ``chat.completion.chunk`` events.
 
-    Raises :class:`BadBackendResponse` for an event it cannot read as a completion chunk.
+    Raises :class:`MalformedEvent` for an event it cannot read as a completion chunk.
     """
 
     def __init__(self, model: str, include_usage: bool) -> None:
@@ -262,8 +289,10 @@ class CompletionStreamTranslator:
             else:
                 try:
                     out.extend(self._data(parse_event(payload)))
+                except BadBackendResponse as exc:
+                    raise MalformedEvent(exc.message, b"".join(out)) from None
                 except orjson.JSONEncodeError:  # e.g. a usage object nested deeper than orjson writes
-                    raise _bad("a value that cannot be re-encoded") from None
+                    raise MalformedEvent(_bad("a value that cannot be re-encoded").message, b"".join(out)) from None
         return b"".join(out)
 
     def _data(self, data: dict[str, Any]) -> list[bytes]:

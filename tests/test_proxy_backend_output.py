@@ -20,10 +20,12 @@ from proxy.llamacpp import UsageFiller
 from proxy.streaming import (
     DONE,
     CompletionStreamTranslator,
+    MalformedEvent,
     completion_to_chat,
     ends_with_error_event,
     has_done,
     iter_events,
+    raw_events,
     sse_data,
 )
 
@@ -205,3 +207,34 @@ def test_any_backend_error_body_gives_an_encodable_openai_error(value: Any, stat
 def test_a_deeply_nested_backend_error_field_still_encodes(field: str) -> None:
     body = b'{"error": {"' + field.encode() + b'": ' + _nested(300) + b"}}"
     assert orjson.loads(error_body(upstream_error(500, body)))["error"]["message"]
+
+
+def test_events_before_a_malformed_one_in_the_same_block_still_count() -> None:
+    good = sse_data({"id": "cmpl-1", "choices": [{"index": 0, "text": "Hi", "finish_reason": None}]})
+    block = good + b": ping\r\n\r\n" + b'data: {"choices": 5}\n\n' + good
+    translator = CompletionStreamTranslator("m", include_usage=False)
+    with pytest.raises(MalformedEvent) as translated:
+        translator.translate(block)
+    contents = [
+        orjson.loads(p)["choices"][0]["delta"].get("content")
+        for k, p in iter_events(translated.value.partial)
+        if k == "data"
+    ]
+    assert contents == ["", "Hi"]  # the role chunk, then the first piece; nothing after the bad event
+    filler = UsageFiller({"messages": []}, "m", chat=False)
+    with pytest.raises(MalformedEvent) as observed:
+        filler.observe(block)
+    assert observed.value.partial == good + b": ping\r\n\r\n"  # the backend's own bytes, up to the bad event
+
+
+@given(st.lists(st.sampled_from([b"data: a", b": c", b"data: {}", b"id: 1"]), min_size=1, max_size=5), st.data())
+def test_raw_events_cut_a_block_where_its_events_end(lines: list[bytes], data: st.DataObject) -> None:
+    ends = st.sampled_from([b"\n", b"\r", b"\r\n"])
+    events = []
+    for line in lines:
+        first, blank = data.draw(ends), data.draw(ends)
+        if first == b"\r" and blank == b"\n":
+            blank = b"\r\n"
+        events.append(line + first + blank)
+    block = b"".join(events)
+    assert [event for _, event in raw_events(block)] == events

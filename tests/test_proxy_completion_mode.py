@@ -14,7 +14,15 @@ import pytest
 from prompts.config import FileConfig, ModelOptions
 from prompts.layout import END_MARKER, START_MARKER
 from prompts.store import PromptStore
-from tests.fakes.fake_backend import FakeBackend, JsonReply, RawReply, completion, completion_chunks, stream
+from tests.fakes.fake_backend import (
+    FakeBackend,
+    JsonReply,
+    RawReply,
+    completion,
+    completion_chunks,
+    encode_event,
+    stream,
+)
 from tests.fakes.proxy_harness import SYSTEM_PROMPT, make_artifact, make_settings, running_proxy
 
 BASE = "base-model"  # completion mode from the config file
@@ -179,3 +187,14 @@ def test_a_broken_non_stream_completion_is_502(proxy: str, backend: FakeBackend,
     response = httpx.post(f"{proxy}/v1/chat/completions", json=body, timeout=10)
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "bad_backend_response"
+
+
+def test_good_events_arriving_with_a_malformed_one_still_reach_the_client(proxy: str, backend: FakeBackend) -> None:
+    good = completion_chunks(["Hel", "lo"], model=BASE)
+    together = encode_event(good[0]) + encode_event({"id": "cmpl-1", "choices": 5}) + encode_event(good[1])
+    backend.enqueue(stream([together, *good[2:]]))  # one chunk, as a busy backend's events often come
+    response = httpx.post(f"{proxy}/v1/chat/completions", json=STREAM_BODY, timeout=10)
+    assert response.status_code == 200
+    events = _data(response.text)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "Hel"
+    assert events[-1]["error"]["code"] == "bad_backend_response"
