@@ -1,12 +1,11 @@
 """Proxy overhead benchmark: direct-to-backend vs through the proxy, in one run.
 
     .venv/bin/python bench/proxy_overhead.py [--requests 2000] [--throughput-requests 4000]
-        [--transport own|aiohttp|both]
 
 Three processes on loopback, so none shares a GIL with another: a minimal fast fake
 backend (raw ASGI on uvicorn + uvloop + httptools, canned answers), the proxy (the real
 app from ``proxy.app.create_app`` with injection and BM25 retrieval on: an artifact with
-12 examples, k=3), and this load generator (asyncio + uvloop, httpcore connection pool).
+12 examples, k=3), and this load generator (asyncio + uvloop, raw HTTP/1.1 and httpx clients).
 
 Measured:
 - latency at concurrency 1, non-stream: direct and proxied requests *interleaved* one by
@@ -18,11 +17,11 @@ Measured:
 - stream time to first byte at concurrency 1: time until the first ``data:`` chunk of an
   SSE stream arrives, interleaved like the latency test; overhead = p50 difference.
 
-``--transport both`` starts two proxies, one forwarding through our httpcore-based transport,
-one through aiohttp's client (``bench/aiohttp_upstream.py``), and measures direct, one and the
-other interleaved in the same run (the box is shared: only same-run ratios compare).
+``measure`` takes several proxies and measures them interleaved with direct in one run (the
+box is shared: only same-run ratios compare); that is how the httpcore-based forward path and
+aiohttp's were compared (``--transport both`` at commit 3a4bbda, figures in BENCHMARKS.md).
 
-The last line of output is the JSON summary (one object per transport with ``both``).
+The last line of output is the JSON summary.
 """
 
 from __future__ import annotations
@@ -128,15 +127,10 @@ def serve_backend(port: int) -> None:
     run(backend_app, "127.0.0.1", port, log_level="warning")
 
 
-TRANSPORTS = ("own", "aiohttp")
 TARGETS = {"p50_overhead_ms": 1.0, "p99_overhead_ms": 3.0, "stream_ttfb_overhead_ms": 1.0}
 
 
-def serve_proxy(port: int, backend_url: str, home: str, profile: str = "", transport: str = "own") -> None:
-    if transport == "aiohttp":
-        from aiohttp_upstream import install
-
-        install()  # before the app is built: it picks up the swapped Upstream
+def serve_proxy(port: int, backend_url: str, home: str, profile: str = "") -> None:
     from prompts.config import Settings
     from proxy.app import create_app
     from proxy.server import run
@@ -349,7 +343,7 @@ async def measure(
     proxy_pids: dict[str, int],
     rounds: int = 2,
 ) -> dict[str, dict[str, float]]:
-    """Direct and every proxy (one per forward transport) measured side by side."""
+    """Direct and every proxy measured side by side."""
     body = json.dumps(CLIENT_BODY).encode()
     stream_body = json.dumps({**CLIENT_BODY, "stream": True}).encode()
     connections = {"direct": Connection(direct)} | {name: Connection(url) for name, url in proxies.items()}
@@ -462,26 +456,20 @@ def main() -> None:
     parser.add_argument("--throughput-requests", type=int, default=4000, help="requests per throughput round")
     parser.add_argument("--throughput-rounds", type=int, default=2, help="rounds per side, order reversed each round")
     parser.add_argument("--stream-requests", type=int, default=500, help="interleaved rounds for the TTFB test")
-    parser.add_argument(
-        "--transport",
-        choices=[*TRANSPORTS, "both"],
-        default="own",
-        help="the proxy's forward path: ours (httpcore + proxy.netstream), aiohttp's client, or both side by side",
-    )
-    parser.add_argument("--profile", default="", help="profile the proxy process(es) with cProfile into FILE.TRANSPORT")
+    parser.add_argument("--profile", default="", help="profile the proxy process with cProfile into this file")
     args = parser.parse_args()
     if args.role == "backend":
         serve_backend(args.port)
         return
     if args.role == "proxy":
-        serve_proxy(args.port, args.backend_url, args.home, args.profile, args.transport)
+        serve_proxy(args.port, args.backend_url, args.home, args.profile)
         return
 
     import uvloop
 
     from drpo.embedded import free_port, wait_until_ok
 
-    transports = list(TRANSPORTS) if args.transport == "both" else [args.transport]
+    transports = ["proxy"]
     backend_port = free_port()
     backend_url = f"http://127.0.0.1:{backend_port}/v1"
     proxy_urls: dict[str, str] = {}
@@ -497,7 +485,7 @@ def main() -> None:
             for name in transports:
                 port = free_port()
                 command = [*me, "--role", "proxy", "--port", str(port), "--backend-url", backend_url, "--home", home]
-                command += ["--transport", name] + (["--profile", f"{args.profile}.{name}"] if args.profile else [])
+                command += ["--profile", args.profile] if args.profile else []
                 procs.append(subprocess.Popen(command, env=env))
                 wait_until_ok(f"http://127.0.0.1:{port}/ready", 30.0, procs[-1], name=f"proxy ({name})")
                 proxy_urls[name] = f"http://127.0.0.1:{port}/v1"
@@ -531,15 +519,13 @@ def main() -> None:
     if args.profile:
         import pstats
 
-        for name in transports:
-            print(f"proxy profile ({name}, cProfile, {args.profile}.{name}), top functions by own time:")
-            pstats.Stats(f"{args.profile}.{name}", stream=sys.stdout).sort_stats("tottime").print_stats(25)
-    if len(transports) > 1:
-        for name, figures in results.items():
-            verdict = {key: figures[key] <= limit for key, limit in TARGETS.items()}
-            verdict["rps_ratio"] = figures["rps_proxy"] >= 0.5 * figures["rps_direct"]
-            print(f"{name}: targets met: {verdict}")
-    print(json.dumps(results if len(transports) > 1 else results[transports[0]]))
+        print(f"proxy profile (cProfile, {args.profile}), top functions by own time:")
+        pstats.Stats(args.profile, stream=sys.stdout).sort_stats("tottime").print_stats(25)
+    for name, figures in results.items():
+        verdict = {key: figures[key] <= limit for key, limit in TARGETS.items()}
+        verdict["rps_ratio"] = figures["rps_proxy"] >= 0.5 * figures["rps_direct"]
+        print(f"{name}: targets met: {verdict}")
+    print(json.dumps(results["proxy"]))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,7 @@ Layout (thin routes → a serving class → the forwarding modules):
 - :mod:`proxy.serving`    per-request flow: parse → route → inject → forward → relay, timing, metrics
 - :mod:`proxy.injection`  minimal request checks and the prompt injection (via ``prompts.layout``)
 - :mod:`proxy.routing`    which backend serves a model (config, discovery from ``/v1/models``)
-- :mod:`proxy.upstream`   the forward call on httpcore connections, transport errors mapped
-- :mod:`proxy.netstream`  a lean asyncio network backend under those connections
+- :mod:`proxy.upstream`   the forward call on aiohttp's client (stale keep-alive retry), transport errors mapped
 - :mod:`proxy.streaming`  SSE framing and completion → chat translation
 - :mod:`proxy.llamacpp`   llama.cpp fixes: backend kind, response_format rewrite, the missing usage chunk
 - :mod:`proxy.snapshot`   the in-memory artifact snapshot with background hot swap

@@ -1,12 +1,18 @@
-"""The forward call to a backend, on httpcore connections.
+"""The forward call to a backend, on aiohttp's client.
 
 httpx stays the API for everything off the hot path (model discovery, readiness); the
-per-request forward goes straight to httpcore, httpx's own transport layer, which skips
-httpx's request/response model building (measured here on a bare passthrough:
-``httpx.AsyncClient`` +1.0 ms per request, ``httpcore.AsyncConnectionPool`` +0.72 ms).
-Two further cuts, both measured (see BENCHMARKS.md): our own O(1) keep-alive stack of
-``httpcore.AsyncHTTPConnection`` instead of httpcore's pool, and a lean asyncio network
-backend (:mod:`proxy.netstream`) under them.
+per-request forward uses ``aiohttp.ClientSession``: an asyncio protocol with the llhttp C
+parser, its own keep-alive pool with a per-origin limit (requests beyond it wait), TLS and
+read backpressure. Measured against the httpcore-based transport it replaced, in the same
+runs (BENCHMARKS.md, "aiohttp as the forward path"): lower latency and a quarter less CPU
+per request.
+
+One thing aiohttp does not do for a POST: when a backend closes an idle keep-alive socket
+just as we reuse it, the request fails (aiohttp re-sends idempotent methods only, and does
+not check whether the connection was a reused one). :class:`Upstream` sends such a request
+once more on a fresh connection, only if the failed connection was a reused one and not one
+byte of the reply had arrived on it; to know the latter, every connection's protocol is
+wrapped in a byte counter when its first request goes out.
 
 Transport failures are mapped to the typed errors of :mod:`proxy.errors` here, once.
 """
@@ -15,28 +21,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import io
 import ssl
-from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.errors import BackendError, BackendTimeout, BackendUnavailable
-from proxy.netstream import AsyncioBackend
 
-Headers = list[tuple[bytes, bytes]]
+Headers = Sequence[tuple[bytes, bytes]]
+
+_LARGE_BODY = 1 << 20  # aiohttp wants bigger bodies as a stream, sent in pieces with flow control
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """A backend's base URL, pre-split into the pieces httpcore wants."""
+    """A backend's base URL, pre-split; request URLs are built once per path and kept."""
 
-    scheme: bytes
-    host: bytes
+    scheme: str
+    host: str
     port: int
-    base_path: bytes
+    base_path: str
     host_header: bytes
+    _urls: dict[bytes, URL] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, url: str) -> Endpoint:
@@ -48,36 +61,115 @@ class Endpoint:
         host_header = host if default_port else f"{host}:{port}"
         if ":" in host and not default_port:  # IPv6 literal
             host_header = f"[{host}]:{port}"
-        return cls(scheme.encode(), host.encode(), port, parts.path.rstrip("/").encode(), host_header.encode())
+        return cls(scheme, host, port, parts.path.rstrip("/"), host_header.encode())
 
-    def url(self, path: bytes) -> httpcore.URL:
-        return httpcore.URL(scheme=self.scheme, host=self.host, port=self.port, target=self.base_path + path)
+    def url(self, path: bytes) -> URL:
+        url = self._urls.get(path)
+        if url is None:
+            target = self.base_path + path.decode("ascii")
+            url = self._urls[path] = URL.build(
+                scheme=self.scheme, host=self.host, port=self.port, path=target, encoded=True
+            )
+        return url
 
 
-def map_transport_error(exc: Exception, what: str) -> BackendError:
-    """One mapping from httpcore's exceptions to ours."""
-    if isinstance(exc, httpcore.TimeoutException):
+def map_transport_error(exc: BaseException, what: str) -> BackendError | None:
+    """One mapping from aiohttp's exceptions to ours (``None``: not a transport failure)."""
+    if isinstance(exc, TimeoutError):  # aiohttp's timeout errors subclass it
         return BackendTimeout(f"{what}: the backend did not answer in time")
-    if isinstance(exc, httpcore.ConnectError):
+    if isinstance(exc, aiohttp.InvalidURL):
+        return BackendUnavailable(f"unsupported backend URL: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return BackendUnavailable(f"{what}: cannot connect to the backend")
-    return BackendUnavailable(f"{what}: the backend connection failed ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientError):
+        return BackendUnavailable(f"{what}: the backend connection failed ({type(exc).__name__})")
+    return None
+
+
+# -- the stale keep-alive retry ----------------------------------------------------------------
+
+
+class _ByteCounter(asyncio.Protocol):
+    """Sits between a connection's transport and aiohttp's protocol, counting bytes received."""
+
+    __slots__ = ("inner", "received")
+
+    def __init__(self, inner: asyncio.Protocol) -> None:
+        self.inner = inner
+        self.received = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _Attempt:
+    """What one try of a request learned about its connection."""
+
+    __slots__ = ("before", "counter", "reused")
+
+    def __init__(self) -> None:
+        self.counter: _ByteCounter | None = None
+        self.reused = False
+        self.before = 0
+
+    def watch(self, transport: asyncio.BaseTransport) -> None:
+        protocol = transport.get_protocol()
+        if isinstance(protocol, _ByteCounter):
+            self.reused = True  # counted since an earlier request: a kept-alive connection
+        else:
+            protocol = _ByteCounter(protocol)  # type: ignore[arg-type]
+            transport.set_protocol(protocol)
+        self.counter = protocol
+        self.before = protocol.received
+
+    @property
+    def stale(self) -> bool:
+        """A reused connection that failed before one byte of the reply arrived."""
+        return self.reused and self.counter is not None and self.counter.received == self.before
+
+
+_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("drpo_upstream_attempt", default=None)
+
+# What a socket the backend closed as we reused it looks like (a slow backend is a timeout, not this).
+_STALE_ERRORS = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientConnectionResetError)
+
+
+class _Request(aiohttp.ClientRequest):
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        attempt = _ATTEMPT.get()
+        if attempt is not None and conn.transport is not None:
+            attempt.watch(conn.transport)
+        return await super().send(conn)
+
+
+# -- the exchange ------------------------------------------------------------------------------
 
 
 class Exchange:
-    """One forwarded request: the backend's response plus the connection it came on.
+    """One forwarded request: the backend's status, headers and (unread) body.
 
-    Closing it (always, via :func:`read_all` / :func:`close_quietly`) hands a clean
-    keep-alive connection back to the pool, or drops a dirty one, and frees its slot under
-    the per-origin limit; closing before the body is read aborts the backend's work (that is
-    how a client disconnect cancels generation).
+    Closing it (always, via :func:`read_all` / :func:`close_quietly`) hands a fully read
+    keep-alive connection back to the pool and frees its slot under the per-origin limit;
+    closing before the body is read drops the connection, which aborts the backend's work
+    (that is how a client disconnect cancels generation).
     """
 
-    __slots__ = ("_closed", "_connection", "_key", "_upstream", "response")
+    __slots__ = ("_closed", "response")
 
-    def __init__(self, upstream: Upstream, key: _Key, connection: _Connection, response: httpcore.Response) -> None:
-        self._upstream = upstream
-        self._key = key
-        self._connection = connection
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self._closed = False
 
@@ -87,91 +179,22 @@ class Exchange:
 
     @property
     def headers(self) -> Headers:
-        return self.response.headers
+        return self.response.raw_headers
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await self.response.aclose()
-        finally:
-            self._upstream._release(self._key, self._connection)
-
-
-_Key = tuple[bytes, bytes, int]
-
-# A reused keep-alive connection that fails with one of these before any reply byte came was
-# (almost surely) closed by the backend as we picked it: its idle timer and our request
-# crossed on the wire. Timeouts are not among them: a slow backend is not a stale socket.
-_STALE_CONNECTION_ERRORS = (
-    httpcore.ReadError,
-    httpcore.WriteError,
-    httpcore.RemoteProtocolError,
-    httpcore.ConnectionNotAvailable,
-)
-
-
-class _RecordingBackend(httpcore.AsyncNetworkBackend):
-    """The shared network backend, seen by one connection: remembers the stream it opened."""
-
-    __slots__ = ("_backend", "stream")
-
-    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
-        self._backend = backend
-        self.stream: httpcore.AsyncNetworkStream | None = None
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
-        return self.stream
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        self.stream = await self._backend.connect_unix_socket(path, timeout, socket_options)
-        return self.stream
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
-
-
-class _Connection:
-    """An httpcore connection and the count of bytes it has received so far."""
-
-    __slots__ = ("http", "network")
-
-    def __init__(self, http: httpcore.AsyncHTTPConnection, network: _RecordingBackend) -> None:
-        self.http = http
-        self.network = network
-
-    @property
-    def received(self) -> int:
-        stream = self.network.stream
-        return 0 if stream is None else int(stream.get_extra_info("bytes_received") or 0)
+        if not self._closed:
+            self._closed = True
+            self.response.release()  # back to the pool only if the body was read to its end
 
 
 class Upstream:
-    """Keep-alive connections to every backend, one idle stack per origin.
-
-    httpcore's own ``AsyncConnectionPool`` re-scans every queued request against every
-    connection on each state change (quadratic in concurrency: a quarter of the proxy's CPU
-    at 16 concurrent requests in our profile). Each request here takes the most recently
-    used idle connection (O(1)); connections are still httpcore's ``AsyncHTTPConnection``,
-    so HTTP/1.1 parsing, TLS and timeouts stay httpcore's.
+    """Keep-alive connections to every backend (one aiohttp session, one pool).
 
     At most ``max_connections_per_origin`` requests are in flight to one origin; more wait
-    for a free slot (up to the read timeout), they do not fail. Idle connections expire
-    after ``keepalive_expiry`` seconds, under the 5 s of uvicorn (vLLM, llama-cpp-python),
-    llama.cpp's server and Node, so such a backend rarely closes a socket first; when one
-    does close a socket just as we reuse it, the request is sent again once on a fresh
-    connection (only if no byte of the reply had arrived).
+    for a free connection (up to the read timeout), they do not fail. Idle connections are
+    dropped after ``keepalive_expiry`` seconds, under the 5 s of uvicorn (vLLM,
+    llama-cpp-python), llama.cpp's server and Node, so such a backend rarely closes a socket
+    first; when one does close it just as we reuse it, the request is sent once more.
     """
 
     def __init__(
@@ -187,139 +210,89 @@ class Upstream:
             raise ValueError("max_connections_per_origin must be at least 1")
         self.max_connections_per_origin = max_connections_per_origin
         self.keepalive_expiry = keepalive_expiry
-        self._backend = AsyncioBackend()
-        self._idle: dict[_Key, list[_Connection]] = {}
-        self._slots: dict[_Key, asyncio.Semaphore] = {}
-        self._ssl_context = ssl_context
-        self._closing: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
-        self._pool_timeout = read_timeout
-        self._extensions = {
-            "timeout": {"connect": connect_timeout, "read": read_timeout, "write": read_timeout, "pool": read_timeout}
-        }
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        # ``connect`` covers the wait for a free connection too: as long as a read may take.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=read_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the running loop
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=self.max_connections_per_origin,
+                keepalive_timeout=self.keepalive_expiry,
+                ssl=self._ssl,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                auto_decompress=False,  # bytes are relayed as the backend sent them
+                skip_auto_headers=("User-Agent", "Accept-Encoding"),
+                request_class=_Request,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        idle = [c for stack in self._idle.values() for c in stack]
-        self._idle.clear()
-        for connection in idle:
-            with contextlib.suppress(Exception):
-                await connection.http.aclose()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
 
-    def _checkout(self, key: _Key) -> _Connection | None:
-        stack = self._idle.get(key)
-        while stack:
-            connection = stack.pop()
-            if connection.http.is_idle() and not connection.http.has_expired():
-                return connection
-            self._discard(connection)
-        return None
-
-    def _discard(self, connection: _Connection) -> None:
-        if connection.http.is_closed():
-            return
-        # Closing a plain connection never blocks; schedule it rather than await in a sync path.
-        task = asyncio.get_running_loop().create_task(connection.http.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    def _release(self, key: _Key, connection: _Connection) -> None:
-        self._slots[key].release()
-        if connection.http.is_idle() and not connection.http.has_expired():
-            self._idle.setdefault(key, []).append(connection)
-        else:
-            self._discard(connection)
-
-    def _new_connection(self, url: httpcore.URL) -> _Connection:
-        ssl_context = None
-        if url.scheme == b"https":
-            if self._ssl_context is None:
-                self._ssl_context = ssl.create_default_context()
-            ssl_context = self._ssl_context
-        network = _RecordingBackend(self._backend)
-        http = httpcore.AsyncHTTPConnection(
-            origin=url.origin,
-            ssl_context=ssl_context,
-            keepalive_expiry=self.keepalive_expiry,
-            network_backend=network,
-        )
-        return _Connection(http, network)
-
-    async def _take_slot(self, key: _Key) -> asyncio.Semaphore:
-        slots = self._slots.get(key)
-        if slots is None:
-            slots = self._slots[key] = asyncio.Semaphore(self.max_connections_per_origin)
-        if not slots.locked():
-            await slots.acquire()  # free: returns at once
-            return slots
-        try:
-            async with asyncio.timeout(self._pool_timeout):
-                await slots.acquire()
-        except TimeoutError:
-            raise BackendTimeout("waiting for a free connection to the backend timed out") from None
-        return slots
-
-    async def _request(
-        self, connection: _Connection, method: bytes, url: httpcore.URL, headers: Headers, body: bytes
-    ) -> httpcore.Response:
-        request = httpcore.Request(method, url, headers=headers, content=body, extensions=self._extensions)
-        try:
-            return await connection.http.handle_async_request(request)
-        except BaseException:
-            self._discard(connection)
-            raise
-
-    async def send(self, method: bytes, url: httpcore.URL, headers: Headers, body: bytes) -> Exchange:
+    async def send(self, method: bytes, url: URL, headers: Headers, body: bytes) -> Exchange:
         """Send a request; returns once the backend's status and headers are in."""
-        key = (url.scheme, url.host, url.port or 0)
-        slots = await self._take_slot(key)
+        session = self._client()
+        fields = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers)
+        verb = method.decode("ascii")
         try:
-            connection = self._checkout(key)
-            if connection is not None:
-                before = connection.received
+            attempt = _Attempt()
+            token = _ATTEMPT.set(attempt)
+            try:
                 try:
-                    return Exchange(self, key, connection, await self._request(connection, method, url, headers, body))
-                except _STALE_CONNECTION_ERRORS:
-                    if connection.received != before:
-                        raise  # part of a reply came: the backend saw the request, never send it twice
-            connection = self._new_connection(url)
-            return Exchange(self, key, connection, await self._request(connection, method, url, headers, body))
-        except BaseException as exc:
-            slots.release()
-            if isinstance(exc, httpcore.UnsupportedProtocol):
-                raise BackendUnavailable(f"unsupported backend URL: {exc}") from exc
-            if isinstance(exc, _TRANSPORT_ERRORS):
-                raise map_transport_error(exc, "sending to the backend") from exc
-            raise
+                    response = await session.request(verb, url, headers=fields, data=_payload(body))
+                except _STALE_ERRORS:
+                    if not attempt.stale:
+                        raise
+                    # The backend closed this kept-alive socket as we reused it: once more, on a fresh one.
+                    _ATTEMPT.set(_Attempt())  # still watched: its connection is counted from the start
+                    response = await session.request(verb, url, headers=fields, data=_payload(body))
+            finally:
+                _ATTEMPT.reset(token)
+        except Exception as exc:
+            error = map_transport_error(exc, "sending to the backend")
+            if error is None:
+                raise
+            raise error from exc
+        return Exchange(response)
 
 
-_TRANSPORT_ERRORS = (
-    httpcore.NetworkError,
-    httpcore.TimeoutException,
-    httpcore.ProtocolError,
-    httpcore.ConnectionNotAvailable,
-)
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    return io.BytesIO(body) if len(body) > _LARGE_BODY else body
 
 
 async def read_all(exchange: Exchange) -> bytes:
     """The full body; transport errors mapped; the exchange closed in every case."""
     try:
-        return await exchange.response.aread()
-    except _TRANSPORT_ERRORS as exc:
-        raise map_transport_error(exc, "reading the backend's response") from exc
+        return await exchange.response.read()
+    except Exception as exc:
+        error = map_transport_error(exc, "reading the backend's response")
+        if error is None:
+            raise
+        raise error from exc
     finally:
         await exchange.aclose()
 
 
 async def iter_raw(exchange: Exchange) -> AsyncGenerator[bytes, None]:
-    """Body chunks as they arrive (no re-buffering); transport errors mapped."""
-    stream = exchange.response.stream
-    assert hasattr(stream, "__aiter__"), "async response stream expected"
+    """Body chunks as the backend sent them (one per HTTP chunk of a chunked body, even when
+    several arrived together; no re-buffering); transport errors mapped."""
     try:
-        async for chunk in stream:
+        async for chunk, _ in exchange.response.content.iter_chunks():
             yield chunk
-    except _TRANSPORT_ERRORS as exc:
-        raise map_transport_error(exc, "streaming from the backend") from exc
+    except Exception as exc:
+        error = map_transport_error(exc, "streaming from the backend")
+        if error is None:
+            raise
+        raise error from exc
 
 
 async def close_quietly(exchange: Exchange) -> None:
