@@ -29,18 +29,16 @@ from optimizer.evalsets import LABELS, LabelledQuery, gather
 from prompts.artifact import Artifact, RetrievalSettings
 from prompts.defaults import default_artifact
 from prompts.layout import PreparedArtifact
-from prompts.selection import select
 
 
 def decisions(prepared: PreparedArtifact, queries: list[LabelledQuery]) -> list[tuple[LabelledQuery, bool, float]]:
     """(query, got a refusal block, best similarity) per query."""
     examples = prepared.artifact.examples
-    labels = [e.label for e in examples]
     retrieval = prepared.artifact.retrieval
     out = []
     for query in queries:
-        scores = prepared.scorer.scores(query.text)
-        chosen = select(scores, labels, max(1, retrieval.k), retrieval)
+        scores = [float(x) for x in prepared.scorer.scores(query.text)]
+        chosen = prepared.selector.select(scores, max(1, retrieval.k), retrieval)
         refusal = bool(chosen) and all(examples[i].label == "refusal" for i in chosen)
         out.append((query, refusal, max(scores, default=0.0)))
     return out

@@ -76,9 +76,10 @@ class EmbeddingIndex:
     def __len__(self) -> int:
         return int(self._matrix.shape[0])
 
-    def scores(self, query: str) -> list[float]:
+    def scores(self, query: str) -> Vectors:
+        """One cosine similarity per document, clipped to [0, 1] (a numpy vector)."""
         if len(self) == 0:
-            return []
+            return np.zeros(0, dtype=np.float32)
         vector = embed([query])[0]
-        sims = np.clip(self._matrix @ vector, 0.0, 1.0)
-        return [float(x) for x in sims]
+        sims: Vectors = np.clip(self._matrix @ vector, 0.0, 1.0)
+        return sims

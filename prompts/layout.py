@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from prompts.artifact import Artifact, Example
 from prompts.retrieval import Scorer, build_scorer
-from prompts.selection import select
+from prompts.selection import Selector
 
 SystemPolicy = Literal["merge", "replace", "client"]
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -65,14 +65,17 @@ def latest_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 @dataclass(frozen=True)
 class PreparedArtifact:
-    """An artifact plus its retrieval index, built once and reused per request."""
+    """An artifact plus its retrieval index and selector, built once and reused per request."""
 
     artifact: Artifact
     scorer: Scorer
+    selector: Selector
 
     @classmethod
     def build(cls, artifact: Artifact) -> PreparedArtifact:
-        return cls(artifact, build_scorer(artifact.retrieval.method, [e.query for e in artifact.examples]))
+        examples = artifact.examples
+        scorer = build_scorer(artifact.retrieval.method, [e.query for e in examples])
+        return cls(artifact, scorer, Selector([e.label for e in examples]))
 
     def select_examples(self, query: str, k: int | None = None) -> list[Example]:
         retrieval = self.artifact.retrieval
@@ -80,8 +83,7 @@ class PreparedArtifact:
         examples = self.artifact.examples
         if count <= 0 or not examples:
             return []
-        chosen = select(self.scorer.scores(query), [e.label for e in examples], count, retrieval)
-        return [examples[i] for i in chosen]
+        return [examples[i] for i in self.selector.select(self.scorer.scores(query), count, retrieval)]
 
 
 def merge_system(ours: str, client_texts: Iterable[str], policy: SystemPolicy) -> str | None:

@@ -22,8 +22,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import Stemmer
 
 _TOKEN = re.compile(r"[a-z0-9]+")
@@ -69,9 +71,12 @@ def bounded_query(text: str) -> str:
     return text[:QUERY_EDGE_CHARS] + " " + text[-QUERY_EDGE_CHARS:]
 
 
+Scores = Sequence[float] | npt.NDArray[Any]
+
+
 class Scorer(Protocol):
-    def scores(self, query: str) -> list[float]:
-        """One similarity in [0, 1] per document."""
+    def scores(self, query: str) -> Scores:
+        """One similarity in [0, 1] per document (a list or a numpy vector)."""
         ...
 
 
@@ -141,11 +146,9 @@ class HybridScorer:
         self._lexical = NormalisedBM25(documents)
         self._semantic = EmbeddingIndex(documents)
 
-    def scores(self, query: str) -> list[float]:
+    def scores(self, query: str) -> Scores:
         bounded = bounded_query(query)
-        lexical = self._lexical.scores(bounded)
-        semantic = self._semantic.scores(bounded)
-        return [(a + b) / 2 for a, b in zip(lexical, semantic, strict=True)]
+        return (np.asarray(self._lexical.scores(bounded)) + self._semantic.scores(bounded)) / 2
 
 
 def build_scorer(method: str, documents: Sequence[str]) -> Scorer:
@@ -165,5 +168,5 @@ class _Bounded:
     def __init__(self, inner: Scorer) -> None:
         self._inner = inner
 
-    def scores(self, query: str) -> list[float]:
+    def scores(self, query: str) -> Scores:
         return self._inner.scores(bounded_query(query))

@@ -19,32 +19,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from prompts.artifact import ExampleLabel, RetrievalSettings
+from prompts.retrieval import Scores
 
 
-def refusal_weight(scores: Sequence[float], labels: Sequence[ExampleLabel | None], neighbours: int) -> float:
+class Selector:
+    """Selection for one library: the label masks are computed once, each request is a few numpy calls."""
+
+    def __init__(self, labels: Sequence[ExampleLabel | None]) -> None:
+        self.labelled = any(label is not None for label in labels)
+        self._refusal = np.array([label == "refusal" for label in labels], dtype=bool)
+        self._general = np.array([label == "general" for label in labels], dtype=bool)
+
+    def refusal_weight(self, scores: Scores, neighbours: int) -> float:
+        """The refusals' share of the similarity weight among the nearest ``neighbours`` (0..1)."""
+        values = np.clip(np.asarray(scores, dtype=np.float64), 0.0, None)
+        top = np.argsort(-values, kind="stable")[:neighbours]
+        total = float(values[top].sum())
+        return float(values[top][self._refusal[top]].sum()) / total if total > 0 else 0.0
+
+    def select(self, scores: Scores, k: int, settings: RetrievalSettings) -> list[int]:
+        values = np.asarray(scores, dtype=np.float64)
+        if k <= 0 or values.size == 0:
+            return []
+        order = np.argsort(-values, kind="stable")  # ties keep library order
+        if not self.labelled:
+            return [int(i) for i in order[:k]]
+        if values[order[0]] <= settings.min_similarity:
+            pool = order[self._general[order]]
+            if pool.size == 0:
+                pool = order[~self._refusal[order]]
+            return [int(i) for i in pool[:k]]
+        refuse = self.refusal_weight(values, settings.neighbours) >= settings.refusal_share
+        pool = order[self._refusal[order] == refuse]
+        return [int(i) for i in pool[:k]]
+
+
+def refusal_weight(scores: Scores, labels: Sequence[ExampleLabel | None], neighbours: int) -> float:
     """The refusals' share of the similarity weight among the nearest ``neighbours`` (0..1)."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:neighbours]
-    total = sum(max(scores[i], 0.0) for i in order)
-    if total <= 0:
-        return 0.0
-    return sum(max(scores[i], 0.0) for i in order if labels[i] == "refusal") / total
+    return Selector(labels).refusal_weight(scores, neighbours)
 
 
-def select(
-    scores: Sequence[float],
-    labels: Sequence[ExampleLabel | None],
-    k: int,
-    settings: RetrievalSettings,
-) -> list[int]:
-    if k <= 0 or not scores:
-        return []
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if all(label is None for label in labels):
-        return order[:k]
-    if scores[order[0]] <= settings.min_similarity:
-        general = [i for i in order if labels[i] == "general"]
-        fallback = general or [i for i in order if labels[i] != "refusal"]
-        return fallback[:k]
-    refuse = refusal_weight(scores, labels, settings.neighbours) >= settings.refusal_share
-    return [i for i in order if (labels[i] == "refusal") == refuse][:k]
+def select(scores: Scores, labels: Sequence[ExampleLabel | None], k: int, settings: RetrievalSettings) -> list[int]:
+    """The indices of the examples to show, most similar first (see the module docstring)."""
+    return Selector(labels).select(scores, k, settings)
