@@ -19,7 +19,7 @@ Measured:
 
 ``measure`` takes several proxies and measures them interleaved with direct in one run (the
 box is shared: only same-run ratios compare); that is how the httpcore-based forward path and
-aiohttp's were compared (``--transport both`` at commit 3a4bbda, figures in BENCHMARKS.md).
+aiohttp's were compared (``--transport both`` at commit 7ba747f, figures in BENCHMARKS.md).
 
 The last line of output is the JSON summary.
 """

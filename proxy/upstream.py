@@ -216,27 +216,40 @@ class Upstream:
             total=None, connect=read_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
         self._session: aiohttp.ClientSession | None = None
+        self._retry_session: aiohttp.ClientSession | None = None
+
+    def _new_session(self, *, fresh_connections: bool) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=self.max_connections_per_origin,
+            keepalive_timeout=None if fresh_connections else self.keepalive_expiry,
+            force_close=fresh_connections,
+            ssl=self._ssl,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,  # bytes are relayed as the backend sent them
+            skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            request_class=_Request,
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the running loop
-            connector = aiohttp.TCPConnector(
-                limit=0,
-                limit_per_host=self.max_connections_per_origin,
-                keepalive_timeout=self.keepalive_expiry,
-                ssl=self._ssl,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                auto_decompress=False,  # bytes are relayed as the backend sent them
-                skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                request_class=_Request,
-            )
+            self._session = self._new_session(fresh_connections=False)
         return self._session
 
+    def _retry_client(self) -> aiohttp.ClientSession:
+        # A retry must not take the next idle connection of the pool: after a burst the
+        # backend may have closed them all. This session opens a new one for every request.
+        if self._retry_session is None:
+            self._retry_session = self._new_session(fresh_connections=True)
+        return self._retry_session
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._retry_session):
+            if session is not None:
+                await session.close()
 
     async def send(self, method: bytes, url: URL, headers: Headers, body: bytes) -> Exchange:
         """Send a request; returns once the backend's status and headers are in."""
@@ -252,9 +265,10 @@ class Upstream:
                 except _STALE_ERRORS:
                     if not attempt.stale:
                         raise
-                    # The backend closed this kept-alive socket as we reused it: once more, on a fresh one.
-                    _ATTEMPT.set(_Attempt())  # still watched: its connection is counted from the start
-                    response = await session.request(verb, url, headers=fields, data=_payload(body))
+                    # The backend closed this kept-alive socket as we reused it: once more, on a new one.
+                    _ATTEMPT.set(None)
+                    retry = self._retry_client()
+                    response = await retry.request(verb, url, headers=fields, data=_payload(body))
             finally:
                 _ATTEMPT.reset(token)
         except Exception as exc:

@@ -49,7 +49,8 @@ class RawBackend:
     ``idle_timeout`` closes a keep-alive socket idle that long. ``race_window`` models the
     race with a client: a request that arrives less than that before the idle timer fires
     is dropped unanswered, as if it had crossed the server's FIN on the wire.
-    :attr:`script` holds actions for the next requests: ``"drop"`` (close unanswered) or
+    :attr:`script` holds actions for the next requests: ``"drop"`` (close unanswered),
+    ``"drop-if-reused"`` (the same, unless it is its connection's first request),
     ``"partial"`` (half a status line and header, then close), ``"reset"`` (a TCP reset, no
     answer) or ``"partial-reset"`` (half a head, then a reset).
     """
@@ -121,7 +122,7 @@ class RawBackend:
                 if self.idle_timeout is not None and index > 1 and idle >= self.idle_timeout - self.race_window:
                     return  # the server's idle close crossed this request
                 action = self.script.popleft() if self.script else "answer"
-                if action == "drop":
+                if action == "drop" or (action == "drop-if-reused" and index > 1):
                     return
                 if action in ("partial", "partial-reset"):
                     writer.write(b"HTTP/1.1 200 OK\r\ncontent-")
@@ -325,6 +326,24 @@ def test_no_retry_when_the_reset_came_after_part_of_the_reply() -> None:
                 await post(client, backend, "/ok")
             await client.aclose()
         assert len(backend.requests) == 2
+
+    run(main)
+
+
+def test_the_retry_goes_to_a_fresh_connection_not_another_idle_one() -> None:
+    """After a burst, several idle connections wait in the pool and the backend has closed
+    them all: the retry must open a new connection rather than take the next stale one."""
+
+    async def main() -> None:
+        async with RawBackend() as backend:
+            client = upstream()
+            await asyncio.gather(*(post(client, backend, "/hold/0.2") for _ in range(3)))
+            assert backend.connections == 3
+            backend.script.extend(["drop-if-reused"] * 3)
+            assert await post(client, backend, "/ok") == b'{"ok":true}'
+            await client.aclose()
+        last = backend.requests[-1]
+        assert (last.connection, last.index) == (3, 0)
 
     run(main)
 
