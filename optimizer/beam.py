@@ -1,4 +1,4 @@
-"""Stage 2: beam search over system prompts (DESIGN.md §2), scored on mini-batches.
+"""Stage 2: beam search over system prompts (docs/architecture.md), scored on mini-batches.
 
 Level ``t`` uses mini-batch ``t``: training queries ``t*B … t*B+B-1`` (``B`` =
 ``batch_size``). Every state in the beam has already been evaluated on its batch (answers
