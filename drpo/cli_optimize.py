@@ -29,7 +29,7 @@ from optimizer.config import (
 from optimizer.data import Query, icl_seed_queries, load_query_file, seed_queries
 from optimizer.errors import OptimizerError
 from optimizer.estimate import project
-from optimizer.evalsets import SET_NAMES, load_labelled_file, resolve_set
+from optimizer.evalsets import BUILTIN_VAL, SET_NAMES, load_labelled_file, resolve_set
 from optimizer.llm import Endpoint, JsonDialect
 from optimizer.openai_transport import OpenAITransport
 from optimizer.run import Optimization, Paths, Roles, initial_state, print_summary
@@ -47,7 +47,7 @@ HELP = """Align MODEL by searching for its system prompt and example library (DR
 
 Roles: the target is the model being aligned; the selector picks aspects per query, the judge scores answers, the optimizer rewrites prompts and answers. By default all four are the target itself (self-alignment). The target endpoint is --backend, else the config file's backend for the model, else DRPO_BACKEND_URL, else the embedded llama.cpp backend (started for the run, stopped after). API keys come from the environment: DRPO_TARGET_API_KEY, DRPO_SELECTOR_API_KEY, DRPO_JUDGE_API_KEY, DRPO_OPTIMIZER_API_KEY (or a config role's api_key_env; a role on the target's URL reuses the target's key). Keys never enter the cache, the checkpoint or the artifact.
 
-Every LLM call is cached under DRPO_HOME/llm-cache; the run is checkpointed to DRPO_HOME/runs/RUN_ID (state.json, trace.json) and can be continued with --resume RUN_ID. The result is a new artifact version in the store (activated only with --activate). """
+Every LLM call is cached under DRPO_HOME/llm-cache; the run is checkpointed to DRPO_HOME/runs/RUN_ID (state.json, trace.json) and can be continued with --resume RUN_ID. The result is a new artifact version in the store (activated only with --activate, and then only if it passes the promotion gate on --val-set or the packaged validation set: otherwise it stays a candidate and the exit code is 4). """
 
 
 def register(app: typer.Typer) -> None:
@@ -260,7 +260,11 @@ def optimize(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print projected calls and tokens; call nothing."),
     resume: str = typer.Option(None, "--resume", help="Continue run RUN_ID from its checkpoint."),
-    activate: bool = typer.Option(False, "--activate", help="Activate the new version for MODEL."),
+    activate: bool = typer.Option(
+        False,
+        "--activate",
+        help="Activate the new version if it passes the promotion gate (exit 4 if kept as candidate).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No live progress line (summary only)."),
 ) -> None:
     console = Console(stderr=True)
@@ -349,18 +353,46 @@ def optimize(
         _print_projection(console, cfg, state.queries, roles)
         return
     with _backend_for(roles, console, paths.runs_dir / state.run_id / "embedded-backend.log") as live_roles:
-        optimization = Optimization(
-            state, cfg, live_roles, OpenAITransport(), paths, None if quiet else console, activate
-        )
+        # Never activated by the run itself: --activate goes through the promotion gate below.
+        optimization = Optimization(state, cfg, live_roles, OpenAITransport(), paths, None if quiet else console, False)
         try:
             outcome = asyncio.run(optimization.run())
         except OptimizerError as exc:
             console.print(f"error: {exc} (run {state.run_id} can be resumed with --resume {state.run_id})")
             raise typer.Exit(1) from exc
-    print_summary(console, outcome, activate)
+    print_summary(console, outcome, False)
     typer.echo(state.run_id)
     if outcome.stopped:
         raise typer.Exit(3)
+    if activate and outcome.artifact is not None:
+        _promote_through_gate(
+            console, settings, cfg.model, outcome.artifact.version, target_url, target_key, val_set, quiet
+        )
+
+
+def _promote_through_gate(
+    console: Console,
+    settings: Settings,
+    model: str,
+    version: str,
+    target_url: str,
+    target_key: str | None,
+    val_set: str | None,
+    quiet: bool,
+) -> None:
+    """--activate: the new version goes live only if it passes the gate on the validation set."""
+    from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GateSettings, gate_and_activate
+
+    gate = GateSettings(sets=(val_set or BUILTIN_VAL,))
+    console.print(f"promotion gate: {version} against the live version on {gate.sets[0]} ...")
+    try:
+        outcome = gate_and_activate(console, settings, model, version, target_url, target_key, gate, quiet)
+    except OptimizerError as exc:
+        console.print(f"error: the gate could not run: {exc}; {version} stays a candidate")
+        raise typer.Exit(1) from exc
+    typer.echo(outcome.message())
+    if not outcome.decision.promote:
+        raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
 
 
 def _print_projection(console: Console, cfg: OptimizeConfig, queries: dict[str, list[Any]], roles: Roles) -> None:

@@ -153,3 +153,30 @@ def test_eval_and_promote_errors_are_one_clear_line(drpo_home: Path, queries: Pa
     assert unknown.exit_code == 2 and "has no version 'abc'" in unknown.stderr
     test_split = _drpo("prompts", "promote", MODEL, "abc", "--set", "test")
     assert test_split.exit_code == 2 and "reporting only" in test_split.output
+
+
+def test_optimize_activate_goes_through_the_gate(
+    monkeypatch: pytest.MonkeyPatch, drpo_home: Path, tmp_path: Path
+) -> None:
+    original = fakes_llm.default_reply
+    # Selector, judge and optimizer answer as scripted; the target always helps, so the optimized
+    # version (its examples are answered helpfully) cannot raise harmful refusal over the default.
+    monkeypatch.setattr(
+        fakes_llm,
+        "default_reply",
+        lambda role, body: original(role, body) if role != "target" else "Here is a clear, practical answer.",
+    )
+    with FakeOpenAIServer(latency=0.0, model=MODEL).start() as server:
+        result = _drpo(
+            "optimize", "--model", MODEL, "--backend", server.base_url, "--depth", "1", "--beam", "1",
+            "--actions", "1", "--icl-queries", "1", "--icl-iters", "1", "--val-size", "1", "--quiet", "--activate",
+        )  # fmt: skip
+    # Neither version refuses anything here, so the new one is not *better*: it stays a candidate.
+    assert result.exit_code == EXIT_KEPT_AS_CANDIDATE, result.output
+    with PromptStore(get_settings().store_dir) as store:
+        [version] = store.versions(MODEL)
+        reports = store.eval_reports(MODEL, version.version)
+        active = store.active_version(MODEL)
+    assert len(reports) == 1 and reports[0]["gate"]["promote"] is False
+    assert active is None
+    assert f"kept {version.version} as candidate: alignment score 0.667 is not better than 0.667" in result.stdout
