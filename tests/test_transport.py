@@ -14,17 +14,21 @@ import contextlib
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 
 from proxy.errors import BackendError, BackendUnavailable
 from proxy.upstream import Endpoint, Upstream, close_quietly, iter_raw, read_all
+from tests.fakes.proxy_harness import make_settings, running_proxy
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -145,7 +149,10 @@ class RawBackend:
         def head(length: int) -> bytes:
             return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % length
 
-        if path.endswith("/echo"):
+        if path.endswith("/models"):
+            models = b'{"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "test"}]}'
+            writer.write(head(len(models)) + models)
+        elif path.endswith("/echo"):
             writer.write(head(len(body)) + body)
         elif "/big/" in path:
             total = int(path.rsplit("/", 1)[1])
@@ -175,6 +182,28 @@ def reset(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP reset (SO_LINGER 0), as a crashing server or a full accept queue does."""
     writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+class BackendThread:
+    """A :class:`RawBackend` on its own event loop in a thread, for a proxy to forward to."""
+
+    def __init__(self, **options: Any) -> None:
+        self.backend = RawBackend(**options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="raw-backend", daemon=True)
+
+    def __enter__(self) -> RawBackend:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.backend.__aenter__(), self._loop).result(10)
+        return self.backend
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        asyncio.run_coroutine_threadsafe(self.backend.__aexit__(None, None, None), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -286,6 +315,21 @@ def test_requests_racing_the_servers_idle_close_all_succeed() -> None:
         assert all(seen.body == b'{"n": 1}' for seen in backend.requests)
 
     run(main)
+
+
+def test_the_proxy_answers_every_request_racing_the_backends_idle_close(tmp_path: Path) -> None:
+    """Defect 8 as a client saw it: 502s from the proxy in front of a backend whose keep-alive
+    timeout (here 0.3 s, with the 0.15 s race window) is shorter than the proxy's."""
+    with BackendThread(idle_timeout=0.3, race_window=0.15) as backend:
+        with running_proxy(make_settings(tmp_path, backend.url)) as proxy, httpx.Client(timeout=10) as client:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            statuses = []
+            for _ in range(8):
+                time.sleep(0.2)
+                statuses.append(client.post(f"{proxy}/v1/chat/completions", json=body).status_code)
+        raced = [seen for seen in backend.requests if seen.path.endswith("/chat/completions") and seen.index > 0]
+    assert statuses == [200] * 8
+    assert raced, "the race window was never hit: the test proves nothing"
 
 
 def test_a_request_dropped_on_a_reused_connection_is_resent_once_with_its_body() -> None:
