@@ -496,6 +496,17 @@ def test_requests_beyond_the_per_origin_limit_wait_instead_of_failing() -> None:
     run(main)
 
 
+def test_waiting_for_a_free_connection_is_not_bounded_by_the_connect_timeout() -> None:
+    async def main() -> None:
+        async with RawBackend() as backend:
+            client = Upstream(0.2, 20.0, max_connections_per_origin=1)  # a 0.2 s connect timeout
+            results = await asyncio.gather(*(post(client, backend, "/hold/0.6") for _ in range(2)))
+            await client.aclose()
+        assert results == [b"{}"] * 2
+
+    run(main)
+
+
 def test_the_per_origin_limit_has_a_sensible_default() -> None:
     assert 32 <= Upstream(2.0, 20.0).max_connections_per_origin <= 1024
 
