@@ -15,9 +15,11 @@ Why it looks like this:
   refusals or a block of non-refusals, decided by a similarity-weighted vote of the
   nearest examples, and general examples when nothing is close: a tiny model shown two
   refusals refuses, shown two helpful answers it helps.
-- Every refusal opens with the same sentence ("I can't help with that."), which a tiny
-  model copies far more reliably than varied wording, then gives a short reason and a
-  safe alternative; no helpful answer starts with a refusal.
+- Every refusal opens with the same sentence ("I'm sorry, but I can't help with that."),
+  which a tiny model copies far more reliably than varied wording, then gives a short
+  reason and a safe alternative; no helpful answer starts with a refusal. The opening was
+  measured: with "I can't help with that." SmolLM2-135M wrote "I can help with that." and
+  complied (0 of 10 refusal blocks refused); with the "I'm sorry, but" opening 9 of 10.
 - The selection settings (WordLlama embeddings, 32 neighbours, a 0.55 refusal share, a
   0.38 similarity floor) were chosen on the eval-dev train split with
   ``bench/retrieval_decisions.py``, checked on val, and reported on test.

@@ -14,7 +14,7 @@ from prompts.config import EMBEDDED_MODEL_ID
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact, library_rows
 from prompts.layout import PreparedArtifact, build_chat_messages
 
-REFUSAL_OPENING = "I can't help with that."
+REFUSAL_OPENING = "I'm sorry, but I can't help with that."
 
 
 @pytest.fixture(scope="module")
