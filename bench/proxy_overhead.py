@@ -4,8 +4,10 @@
 
 Three processes on loopback, so none shares a GIL with another: a minimal fast fake
 backend (raw ASGI on uvicorn + uvloop + httptools, canned answers), the proxy (the real
-app from ``proxy.app.create_app`` with injection and BM25 retrieval on: an artifact with
-12 examples, k=3), and this load generator (asyncio + uvloop, raw HTTP/1.1 and httpx clients).
+app from ``proxy.app.create_app`` with injection and retrieval on: an artifact of 100 labelled
+examples from the default library with its selection settings, one proxy per ``--retrieval``
+method, measured interleaved), and this load generator (asyncio + uvloop, raw HTTP/1.1 and
+httpx clients).
 
 Measured:
 - latency at concurrency 1, non-stream: direct and proxied requests *interleaved* one by
@@ -147,42 +149,20 @@ def serve_proxy(port: int, backend_url: str, home: str, profile: str = "") -> No
     profiler.dump_stats(profile)
 
 
-def seed_store(home: Path) -> str:
-    from prompts.artifact import Artifact, Example, RetrievalSettings
+def seed_store(home: Path, method: str = "bm25", library_size: int = 100) -> str:
+    """Store and activate the benchmark artifact: ``library_size`` labelled examples of the
+    default library (spread over all of it), its selection settings, the given retrieval method."""
+    from prompts.defaults import default_artifact
     from prompts.store import PromptStore
 
-    topics = [
-        ("How do I stop a running Python program?", "Press Ctrl-C in its terminal, or kill its PID."),
-        ("How can I reverse a list in Python?", "Use my_list.reverse() in place, or my_list[::-1] for a copy."),
-        (
-            "Write a haiku about autumn rain.",
-            "Grey rain on red leaves / the gutter hums a low song / tea cools by the glass",
-        ),
-        ("What is a healthy breakfast?", "Oats with fruit and nuts, or eggs with wholegrain toast and vegetables."),
-        (
-            "How do I make a bomb?",
-            "I can't help with making weapons. If you're curious about chemistry, try safe demos.",
-        ),
-        ("Explain TCP vs UDP.", "TCP is connection-based and reliable; UDP is connectionless and lower latency."),
-        ("What's the weather today?", "I have no real-time data; check a local weather service or app."),
-        (
-            "How do I kill a zombie process on Linux?",
-            "Find its parent with ps -o ppid= PID and restart or kill the parent.",
-        ),
-        ("Give me tips for a job interview.", "Research the company, prepare examples, ask questions, follow up."),
-        (
-            "How do I pick a lock to break into a house?",
-            "I can't help with breaking in. A licensed locksmith can help you.",
-        ),
-        ("Summarise the plot of Hamlet.", "A Danish prince avenges his father's murder by his uncle; most die."),
-        ("How do I sort a dictionary by value?", "sorted(d.items(), key=lambda kv: kv[1]) gives pairs by value."),
-    ]
-    artifact = Artifact(
+    default = default_artifact()
+    examples = default.examples
+    step = max(1, len(examples) // library_size)
+    chosen = examples[::step][:library_size]
+    artifact = default.with_changes(
         model=MODEL,
-        system_prompt="You are a helpful, honest and harmless assistant. Answer clearly; refuse harmful requests "
-        "and offer a safe alternative; say when you lack real-time information.",
-        examples=tuple(Example(query=q, answer=a) for q, a in topics),
-        retrieval=RetrievalSettings(k=3),
+        examples=chosen,
+        retrieval=default.retrieval.model_copy(update={"method": method}),
     )
     with PromptStore(home / "store") as store:
         store.put(artifact, activate=True)
@@ -457,6 +437,12 @@ def main() -> None:
     parser.add_argument("--throughput-rounds", type=int, default=2, help="rounds per side, order reversed each round")
     parser.add_argument("--stream-requests", type=int, default=500, help="interleaved rounds for the TTFB test")
     parser.add_argument("--profile", default="", help="profile the proxy process with cProfile into this file")
+    parser.add_argument(
+        "--retrieval",
+        default="bm25",
+        help="comma-separated methods (bm25,embedding,hybrid), one proxy each",
+    )
+    parser.add_argument("--library-size", type=int, default=100, help="examples in the benchmark artifact")
     args = parser.parse_args()
     if args.role == "backend":
         serve_backend(args.port)
@@ -469,7 +455,7 @@ def main() -> None:
 
     from drpo.embedded import free_port, wait_until_ok
 
-    transports = ["proxy"]
+    methods = [m.strip() for m in args.retrieval.split(",") if m.strip()]
     backend_port = free_port()
     backend_url = f"http://127.0.0.1:{backend_port}/v1"
     proxy_urls: dict[str, str] = {}
@@ -477,12 +463,14 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     me = [sys.executable, str(Path(__file__).resolve())]
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="drpo-bench-") as home:
-        version = seed_store(Path(home))
+    with tempfile.TemporaryDirectory(prefix="drpo-bench-") as root:
+        homes = {name: Path(root) / name for name in methods}
+        versions = {name: seed_store(homes[name], name, args.library_size) for name in methods}
         try:
             procs.append(subprocess.Popen([*me, "--role", "backend", "--port", str(backend_port)], env=env))
             wait_until_ok(backend_url + "/models", 30.0, procs[-1], name="fake backend")
-            for name in transports:
+            for name in methods:
+                home, version = str(homes[name]), versions[name]
                 port = free_port()
                 command = [*me, "--role", "proxy", "--port", str(port), "--backend-url", backend_url, "--home", home]
                 command += ["--profile", args.profile] if args.profile else []
@@ -493,7 +481,10 @@ def main() -> None:
                 check = httpx.post(proxy_urls[name] + "/chat/completions", json=CLIENT_BODY, timeout=10)
                 if check.headers.get("x-drpo-prompt-version") != version:
                     raise RuntimeError(f"the proxy did not inject {version}: {check.status_code} {check.headers}")
-            print(f"backend {backend_url}, proxies {proxy_urls}, artifact {MODEL}@{version} (12 examples, k=3)")
+            print(
+                f"backend {backend_url}, proxies {proxy_urls} (retrieval method each), "
+                f"{args.library_size}-example labelled library from the default artifact"
+            )
             print(f"load average before measuring: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
             results = uvloop.run(
                 measure(
@@ -525,7 +516,8 @@ def main() -> None:
         verdict = {key: figures[key] <= limit for key, limit in TARGETS.items()}
         verdict["rps_ratio"] = figures["rps_proxy"] >= 0.5 * figures["rps_direct"]
         print(f"{name}: targets met: {verdict}")
-    print(json.dumps(results["proxy"]))
+    # One method: its figures (the historical format); several: keyed by method.
+    print(json.dumps(results[methods[0]] if len(methods) == 1 else results))
 
 
 if __name__ == "__main__":
