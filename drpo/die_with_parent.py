@@ -1,6 +1,6 @@
 """Exec wrapper: ``python -m drpo.die_with_parent PARENT_PID COMMAND...``.
 
-Runs in the freshly started child, before the real program. It asks Linux to SIGTERM
+Runs in the freshly started child, before the real program. It asks Linux to SIGKILL
 this process when its parent dies (``PR_SET_PDEATHSIG`` survives ``execv``), then checks
 that the parent is still ``PARENT_PID``: if the parent died before the request was made,
 no signal would ever come, so the wrapper exits instead of starting an orphan. Then it
@@ -20,9 +20,12 @@ import sys
 
 PR_SET_PDEATHSIG = 1
 PARENT_GONE_EXIT = 70  # EX_SOFTWARE: the parent was gone before the guard was set
+# SIGKILL, not SIGTERM: on SIGTERM llama.cpp's server (uvicorn) shuts down gracefully, which
+# means waiting for every queued generation to finish for a client that no longer exists (seen
+# here: an orphan kept generating for minutes after its parent was killed).
 
 
-def set_parent_death_signal(signum: int = signal.SIGTERM) -> bool:
+def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
     """Request ``signum`` when the parent dies; ``False`` where Linux's prctl is unavailable."""
     if not sys.platform.startswith("linux"):
         return False

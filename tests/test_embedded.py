@@ -116,6 +116,26 @@ def test_child_dies_when_its_parent_is_killed_hard() -> None:
 
 
 @linux_only
+def test_child_that_shuts_down_slowly_still_dies_with_its_parent() -> None:
+    """A server busy with queued generations finishes them on SIGTERM (uvicorn's graceful shutdown),
+    for a parent that no longer exists: the death signal must be one it cannot delay."""
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)",
+    ]
+    script = f"""
+        from drpo.embedded import spawn_tied_to_parent
+        child = spawn_tied_to_parent({stubborn!r})
+        print(child.pid, flush=True)
+        time.sleep(120)
+        """
+    with _parent(script) as (parent, child_pid):
+        time.sleep(0.5)  # let the child install its SIGTERM handler
+        _kill_and_expect_child_gone(parent, child_pid, "a child that ignores SIGTERM")
+
+
+@linux_only
 def test_child_outlives_the_thread_that_started_it_but_not_the_process() -> None:
     """PR_SET_PDEATHSIG fires when the *thread* that forked exits: a launch from a short-lived
     thread must not tie the child to that thread."""
@@ -159,9 +179,10 @@ def test_a_second_request_does_not_cut_a_running_stream_short(embedded_backend: 
     }
     pieces = 0
     finish_reason = None
-    with httpx.Client(timeout=120) as client, client.stream(
-        "POST", f"{embedded_backend.base_url}/chat/completions", json=body
-    ) as response:
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream("POST", f"{embedded_backend.base_url}/chat/completions", json=body) as response,
+    ):
         lines = response.iter_lines()
         for line in lines:
             if line.startswith("data: {"):
