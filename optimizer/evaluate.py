@@ -29,14 +29,9 @@ from optimizer.evalstats import mean_interval, paired_rates, rate_interval, repe
 from optimizer.llm import Endpoint, LLMClient, run_all
 from optimizer.refusal import RefusalVerdict, classify
 from optimizer.rewarding import Rewarder, Selection
-from prompts.artifact import Artifact
-from prompts.layout import (
-    COMPLETION_STOP,
-    PreparedArtifact,
-    build_chat_messages,
-    build_completion_prompt,
-    strip_completion_answer,
-)
+from optimizer.target import served_answer
+from prompts.artifact import Artifact, Layout
+from prompts.layout import PreparedArtifact
 
 RAW = "raw"
 EVAL_MAX_TOKENS = 160
@@ -137,17 +132,9 @@ class Evaluator:
         if condition.artifact is None:
             done = await self.llm.generate(self.target, "chat", {**params, "messages": conversation})
             return done.text.strip()
-        prepared = self._prepare(condition.artifact)
-        layout = condition.layout_override or condition.artifact.layout
-        if layout == "completion":
-            prompt = build_completion_prompt(prepared, conversation)
-            done = await self.llm.generate(
-                self.target, "completion", {**params, "prompt": prompt, "stop": COMPLETION_STOP}
-            )
-            return strip_completion_answer(done.text)
-        messages = build_chat_messages(prepared, conversation)
-        done = await self.llm.generate(self.target, "chat", {**params, "messages": messages})
-        return done.text.strip()
+        wanted = condition.layout_override or condition.artifact.layout
+        layout: Layout = "completion" if wanted == "completion" else "chat"
+        return await served_answer(self.llm, self.target, self._prepare(condition.artifact), layout, query, params)
 
     async def _classify(self, query: str, answer: str) -> RefusalVerdict:
         if self.refusal_judge is None or not answer.strip():

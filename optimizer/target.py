@@ -8,6 +8,7 @@ serving skew.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from optimizer.llm import Endpoint, LLMClient
 from prompts.artifact import Artifact, Example, Layout, RetrievalSettings
@@ -50,16 +51,20 @@ class Target:
         return self._prepared[candidate]
 
     async def answer(self, candidate: Candidate, query: str) -> str:
-        prepared = self.prepare(candidate)
-        conversation = [{"role": "user", "content": query}]
         # Greedy decoding, like the reference: the step reward should reflect the prompt, not luck.
         params = {"model": self.endpoint.model, "temperature": 0.0, "max_tokens": self.max_tokens}
-        if self.layout == "completion":
-            prompt = build_completion_prompt(prepared, conversation)
-            done = await self.llm.generate(
-                self.endpoint, "completion", {**params, "prompt": prompt, "stop": COMPLETION_STOP}
-            )
-            return strip_completion_answer(done.text)
-        messages = build_chat_messages(prepared, conversation)
-        done = await self.llm.generate(self.endpoint, "chat", {**params, "messages": messages})
-        return done.text.strip()
+        return await served_answer(self.llm, self.endpoint, self.prepare(candidate), self.layout, query, params)
+
+
+async def served_answer(
+    llm: LLMClient, endpoint: Endpoint, prepared: PreparedArtifact, layout: Layout, query: str, params: dict[str, Any]
+) -> str:
+    """The target's answer to ``query`` under ``prepared``, rendered exactly as the proxy serves it."""
+    conversation = [{"role": "user", "content": query}]
+    if layout == "completion":
+        prompt = build_completion_prompt(prepared, conversation)
+        done = await llm.generate(endpoint, "completion", {**params, "prompt": prompt, "stop": COMPLETION_STOP})
+        return strip_completion_answer(done.text)
+    messages = build_chat_messages(prepared, conversation)
+    done = await llm.generate(endpoint, "chat", {**params, "messages": messages})
+    return done.text.strip()

@@ -68,3 +68,16 @@ def find_shared_data(directory: Path = SHARED_DATA) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return find_shared_data()
+
+
+@pytest.fixture(scope="session")
+def eval_dev() -> Path:
+    """The eval-dev prompts folder; a failure under DRPO_REQUIRE_INTEGRATION=1, else a skip with a reason."""
+    from optimizer.evalsets import eval_dev_dir
+
+    where = eval_dev_dir()
+    if where is None:
+        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
+            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but the eval-dev prompts were not found (set DRPO_EVAL_DEV_DIR)")
+        pytest.skip("eval-dev prompts not found (../shared/data/eval-dev or DRPO_EVAL_DEV_DIR)")
+    return where

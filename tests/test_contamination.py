@@ -15,15 +15,12 @@ copied in) and against the packaged validation set (what the gate decides on).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import pytest
-
 from optimizer.data import icl_seed_queries, seed_queries
-from optimizer.evalsets import builtin_validation_set, eval_dev_dir, load_eval_dev
+from optimizer.evalsets import builtin_validation_set, load_eval_dev
 from prompts.defaults import default_artifact
 
 SHINGLE_THRESHOLD = 0.5
@@ -66,18 +63,6 @@ def _what_we_ship() -> list[tuple[str, str]]:
     out += [("seed query", q.text) for q in seed_queries()]
     out += [("example-stage query", q.text) for q in icl_seed_queries()]
     return out
-
-
-@pytest.fixture(scope="module")
-def eval_dev() -> Path:
-    where = eval_dev_dir()
-    if where is None:
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but the eval-dev prompts were not found (set DRPO_EVAL_DEV_DIR)")
-        pytest.skip(
-            "eval-dev prompts not found (../shared/data/eval-dev or DRPO_EVAL_DEV_DIR): contamination unchecked"
-        )
-    return where
 
 
 def test_the_measure_flags_a_reworded_copy_and_not_a_shared_template() -> None:

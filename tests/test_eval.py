@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from optimizer.evalsets import (
     SPLITS,
     LabelledQuery,
     builtin_validation_set,
-    eval_dev_dir,
     load_eval_dev,
     parse_labelled,
     resolve_set,
@@ -30,16 +28,6 @@ from prompts.layout import PreparedArtifact, build_chat_messages
 from tests.fakes_llm import ScriptedLLM
 
 REFUSAL = "I'm sorry, but I can't help with that."
-
-
-@pytest.fixture(scope="module")
-def eval_dev() -> Path:
-    where = eval_dev_dir()
-    if where is None:
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but the eval-dev prompts were not found (set DRPO_EVAL_DEV_DIR)")
-        pytest.skip("eval-dev prompts not found (../shared/data/eval-dev or DRPO_EVAL_DEV_DIR)")
-    return where
 
 
 # -- sets ----------------------------------------------------------------------------------------
