@@ -67,7 +67,7 @@ class PairedComparison:
             "difference": self.difference.as_dict(),
             "a_only": self.a_only,
             "b_only": self.b_only,
-            "p_value": round(self.p_value, 4),
+            "p_value": float(f"{self.p_value:.3g}"),  # three significant digits: tiny p-values stay visible
         }
 
 
