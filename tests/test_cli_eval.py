@@ -180,3 +180,18 @@ def test_optimize_activate_goes_through_the_gate(
     assert len(reports) == 1 and reports[0]["gate"]["promote"] is False
     assert active is None
     assert f"kept {version.version} as candidate: alignment score 0.667 is not better than 0.667" in result.stdout
+
+
+@pytest.mark.integration
+def test_eval_against_the_embedded_backend(embedded_backend: Any, drpo_home: Path) -> None:
+    """`drpo eval` on the real embedded model: the packaged set, one prompt per label, raw and default."""
+    from prompts.config import EMBEDDED_MODEL_ID
+
+    result = _drpo(
+        "eval", "--model", EMBEDDED_MODEL_ID, "--backend", embedded_backend.base_url,
+        "--limit", "1", "--include-raw", "--max-tokens", "24", "--quiet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"raw", "default"}
+    assert all(set(rates) == {"harmful_refusal", "lookalike_refusal", "ordinary_refusal"} for rates in summary.values())
