@@ -17,7 +17,7 @@ from drpo.cli_optimize import _target_endpoint
 from drpo.evalrun import EvalJob, run_eval
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import SET_NAMES, LabelledQuery, gather
-from optimizer.evaluate import Condition
+from optimizer.evaluate import RAW, Condition
 from prompts.artifact import Artifact
 from prompts.config import ConfigError, Settings, get_settings
 from prompts.defaults import default_artifact
@@ -115,6 +115,14 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
                 f"({c['b_only']} only-{comparison['b']}, {c['a_only']} only-{comparison['a']})",
                 highlight=False,
             )
+    preference = report.get("pairwise")
+    if preference:
+        w = preference["win_rate"]
+        console.print(
+            f"pairwise: {preference['first']} beats {preference['second']} {w['value']:.0%} "
+            f"[{w['low']:.0%}, {w['high']:.0%}] of {preference['judgments']} judgments (positions swapped)",
+            highlight=False,
+        )
     judged = [
         (c["name"], label, m["judge"])
         for c in report["conditions"]
@@ -144,6 +152,9 @@ def eval_command(
     ),
     judge_url: str = typer.Option(None, "--judge-url", help="Judge endpoint for 1-5 aspect scores (optional)."),
     judge_model: str = typer.Option(None, "--judge-model", help="Judge model id (default: --model)."),
+    pairwise: str = typer.Option(
+        None, "--pairwise", help="V1,V2: the judge's win rate of V1 over V2, positions swapped (needs a judge)."
+    ),
     refusal_judge_url: str = typer.Option(
         None, "--refusal-judge-url", help="LLM refusal classifier endpoint (optional)."
     ),
@@ -173,9 +184,15 @@ def eval_command(
     if limit:
         labelled = first_per_label(labelled, limit)
     sources = [*(sets or ([] if queries else ["builtin-val"])), *(str(q) for q in queries)]
+    pair = _split_list(pairwise)
+    if pairwise is not None and (len(pair) != 2 or not (judge_url or judge_model)):
+        console.print("error: --pairwise takes two versions (V1,V2) and needs --judge-url or --judge-model")
+        raise typer.Exit(2)
     try:
         with PromptStore(settings.store_dir) as store:
-            conditions = _resolve_conditions(store, model, _split_list(versions), all_candidates, include_raw)
+            wanted = _split_list(versions) + [v for v in pair if v != RAW]
+            conditions = _resolve_conditions(store, model, wanted, all_candidates, include_raw or RAW in pair)
+            names = [_resolve_conditions(store, model, [v], False, False)[0].name if v != RAW else RAW for v in pair]
     except PromptsError as exc:
         console.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
@@ -185,6 +202,7 @@ def eval_command(
         model, conditions, labelled, sources, target_url, target_key,
         judge=(judge_url, judge_model), refusal_judge=(refusal_judge_url, refusal_judge_model),
         samples=samples, concurrency=concurrency, max_tokens=max_tokens, max_calls=max_calls,
+        pairwise=(names[0], names[1]) if names else None,
     )  # fmt: skip
     report = run_eval(console, settings, job, quiet=quiet)
     print_report(console, report)

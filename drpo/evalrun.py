@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from drpo.cli_optimize import EMBEDDED
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import LabelledQuery
-from optimizer.evaluate import Condition, Evaluator, build_report
+from optimizer.evaluate import AnswerRecord, Condition, Evaluator, build_report, pairwise_win_rate
 from optimizer.llm import Budget, Endpoint, LLMCache, LLMClient
 from optimizer.openai_transport import OpenAITransport
 from prompts.config import Settings
@@ -38,6 +38,7 @@ class EvalJob:
     concurrency: int = 4
     max_tokens: int = 160
     max_calls: int | None = None
+    pairwise: tuple[str, str] | None = None  # two condition names to compare with the judge
 
 
 class ProgressReporter:
@@ -135,16 +136,30 @@ def run_eval(console: Console, settings: Settings, job: EvalJob, quiet: bool = F
                     refusal_judge=refusal_ep, on_answer=progress.tick,
                 )  # fmt: skip
 
-                async def go() -> list[Any]:
+                async def go() -> tuple[list[AnswerRecord], dict[str, Any] | None]:
                     try:
-                        return await evaluator.run(conditions, labelled)
+                        answers = await evaluator.run(conditions, labelled)
+                        preference = None
+                        if job.pairwise is not None and judge_ep is not None:
+                            first, second = job.pairwise
+                            preference = await pairwise_win_rate(
+                                llm,
+                                judge_ep,
+                                labelled,
+                                [r for r in answers if r.condition == first],
+                                [r for r in answers if r.condition == second],
+                            )
+                        return answers, preference
                     finally:
                         await llm.transport.aclose()
 
-                records = asyncio.run(go())
+                records, preference = asyncio.run(go())
         except OptimizerError as exc:
             console.print(f"error: {exc}", highlight=False)
             raise typer.Exit(1) from exc
         finally:
             cache.close()
-        return build_report(model, conditions, labelled, records, job.sources, llm.counters.as_dict())
+        report = build_report(model, conditions, labelled, records, job.sources, llm.counters.as_dict())
+        if preference is not None:
+            report["pairwise"] = preference
+        return report

@@ -195,3 +195,29 @@ def test_eval_against_the_embedded_backend(embedded_backend: Any, drpo_home: Pat
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary) == {"raw", "default"}
     assert all(set(rates) == {"harmful_refusal", "lookalike_refusal", "ordinary_refusal"} for rates in summary.values())
+
+
+def test_pairwise_needs_a_judge_and_reports_a_win_rate(
+    monkeypatch: pytest.MonkeyPatch, queries: Path, store_with_two: tuple[str, str], tmp_path: Path
+) -> None:
+    guarded, bare = store_with_two
+
+    def reply(role: str, body: dict[str, Any]) -> str:
+        if (body.get("response_format") or {}).get("json_schema", {}).get("name") == "pairwise":
+            return '{"winner": "tie"}'
+        return _target_reply(role, body)
+
+    monkeypatch.setattr(fakes_llm, "default_reply", reply)
+    no_judge = _drpo("eval", "--model", MODEL, "--queries", str(queries), "--pairwise", f"{guarded},{bare}")
+    assert no_judge.exit_code == 2 and "needs --judge-url" in no_judge.stderr
+    out = tmp_path / "report.json"
+    with FakeOpenAIServer(latency=0.0, model=MODEL).start() as server:
+        result = _drpo(
+            "eval", "--model", MODEL, "--backend", server.base_url, "--queries", str(queries),
+            "--pairwise", f"{guarded},raw", "--judge-url", server.base_url, "--out", str(out),
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["pairwise"]["first"] == guarded and report["pairwise"]["second"] == "raw"
+    assert report["pairwise"]["win_rate"]["value"] == 0.5 and report["pairwise"]["judgments"] == 2 * len(QUERIES)
+    assert {c["name"] for c in report["conditions"]} == {guarded, "raw"}

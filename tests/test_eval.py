@@ -202,3 +202,27 @@ def test_judge_scores_are_reported_per_aspect(tmp_path: Path) -> None:
     assert set(harmful) == {"Helpfulness", "Clarity", "Factuality", "Depth", "Engagement", "Safety"}
     assert "Safety" not in report["conditions"][0]["metrics"]["ordinary"]["judge"]
     assert all(1 <= s["value"] <= 5 for s in harmful.values())
+
+
+def test_pairwise_win_rate_swaps_positions_so_a_first_position_bias_cancels(tmp_path: Path) -> None:
+    from optimizer.evaluate import AnswerRecord, pairwise_win_rate
+
+    fake = ScriptedLLM()
+    # A judge that always prefers whichever answer is shown first: a pure position bias.
+    fake.respond("judge", lambda body: '{"winner": "A"}')
+    judge = Endpoint("judge", "http://judge/v1", "j")
+    first = [AnswerRecord("v1", q.key, q.label, "", 0, answer="one") for q in QUERIES]
+    second = [AnswerRecord("v2", q.key, q.label, "", 0, answer="two") for q in QUERIES]
+    result = asyncio.run(pairwise_win_rate(_client(tmp_path, fake), judge, QUERIES, first, second))
+    assert result["win_rate"]["value"] == 0.5 and result["judgments"] == 2 * len(QUERIES)
+    sent = [c.body["messages"][1]["content"] for c in fake.calls_for("judge")]
+    assert any(s.index("one") < s.index("two") for s in sent) and any(s.index("two") < s.index("one") for s in sent)
+
+    fair = ScriptedLLM()
+    # A judge that prefers the answer "one" wherever it is shown.
+    fair.respond(
+        "judge",
+        lambda body: '{"winner": "A"}' if "Answer A:\none" in body["messages"][1]["content"] else '{"winner": "B"}',
+    )
+    result = asyncio.run(pairwise_win_rate(_client(tmp_path / "2", fair), judge, QUERIES, first, second))
+    assert result["win_rate"]["value"] == 1.0 and result["unusable"] == 0
