@@ -135,6 +135,7 @@ def run_eval(console: Console, settings: Settings, job: EvalJob, quiet: bool = F
                     llm, target, max_tokens=job.max_tokens, samples=samples, judge=judge_ep,
                     refusal_judge=refusal_ep, on_answer=progress.tick,
                 )  # fmt: skip
+                evaluator.embeddings_cache = settings.home / "embeddings"
 
                 async def go() -> tuple[list[AnswerRecord], dict[str, Any] | None]:
                     try:

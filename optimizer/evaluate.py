@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 
 from optimizer.data import Query
@@ -32,6 +34,7 @@ from optimizer.rewarding import Rewarder, Selection
 from optimizer.target import served_answer
 from prompts.artifact import Artifact, Layout
 from prompts.layout import PreparedArtifact
+from prompts.remote_embeddings import BackendEmbeddings
 
 RAW = "raw"
 EVAL_MAX_TOKENS = 160
@@ -114,6 +117,9 @@ class Evaluator:
         self.refusal_judge = refusal_judge
         self.on_answer = on_answer
         self._prepared: dict[str, PreparedArtifact] = {}
+        # For artifacts whose retrieval.method is "backend": the target's own /v1/embeddings.
+        self.remote_embeddings: BackendEmbeddings | None = None
+        self.embeddings_cache: Path | None = None
 
     def _params(self, sample: int) -> dict[str, Any]:
         # One sample is greedy (what a deterministic check needs); several are sampled with seeds.
@@ -134,7 +140,11 @@ class Evaluator:
             return done.text.strip()
         wanted = condition.layout_override or condition.artifact.layout
         layout: Layout = "completion" if wanted == "completion" else "chat"
-        return await served_answer(self.llm, self.target, self._prepare(condition.artifact), layout, query, params)
+        prepared = self._prepare(condition.artifact)
+        scores = None
+        if prepared.needs_remote_scores and self.remote_embeddings is not None:
+            scores = await self.remote_embeddings.scores(prepared, query)
+        return await served_answer(self.llm, self.target, prepared, layout, query, params, scores)
 
     async def _classify(self, query: str, answer: str) -> RefusalVerdict:
         if self.refusal_judge is None or not answer.strip():
@@ -181,7 +191,15 @@ class Evaluator:
 
     async def run(self, conditions: Sequence[Condition], queries: Sequence[LabelledQuery]) -> list[AnswerRecord]:
         jobs = [self.one(c, q, s) for c in conditions for q in queries for s in range(self.samples)]
-        return await run_all(jobs)
+        if not any(c.artifact is not None and c.artifact.retrieval.method == "backend" for c in conditions):
+            return await run_all(jobs)
+        async with httpx.AsyncClient() as client:
+            base = self.target.base_url
+            self.remote_embeddings = BackendEmbeddings(base, client, self.target.api_key, self.embeddings_cache)
+            try:
+                return await run_all(jobs)
+            finally:
+                self.remote_embeddings = None
 
 
 # -- the report --------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from prompts.layout import (
     build_completion_prompt,
     strip_completion_answer,
 )
+from prompts.retrieval import Scores
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,23 @@ class Target:
 
 
 async def served_answer(
-    llm: LLMClient, endpoint: Endpoint, prepared: PreparedArtifact, layout: Layout, query: str, params: dict[str, Any]
+    llm: LLMClient,
+    endpoint: Endpoint,
+    prepared: PreparedArtifact,
+    layout: Layout,
+    query: str,
+    params: dict[str, Any],
+    scores: Scores | None = None,
 ) -> str:
-    """The target's answer to ``query`` under ``prepared``, rendered exactly as the proxy serves it."""
+    """The target's answer to ``query`` under ``prepared``, rendered exactly as the proxy serves it.
+
+    ``scores`` are example similarities from a backend's embeddings (retrieval method ``backend``).
+    """
     conversation = [{"role": "user", "content": query}]
     if layout == "completion":
-        prompt = build_completion_prompt(prepared, conversation)
+        prompt = build_completion_prompt(prepared, conversation, scores=scores)
         done = await llm.generate(endpoint, "completion", {**params, "prompt": prompt, "stop": COMPLETION_STOP})
         return strip_completion_answer(done.text)
-    messages = build_chat_messages(prepared, conversation)
+    messages = build_chat_messages(prepared, conversation, scores=scores)
     done = await llm.generate(endpoint, "chat", {**params, "messages": messages})
     return done.text.strip()

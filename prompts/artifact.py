@@ -22,7 +22,8 @@ VERSION_ID_LENGTH = 12
 Layout = Literal["chat", "completion"]
 # bm25: lexical; embedding: WordLlama static embeddings (bundled weights, CPU, offline);
 # hybrid: both, fused (see prompts.retrieval). One mechanism picks examples for all of them.
-RetrievalMethod = Literal["bm25", "embedding", "hybrid"]
+# backend: a backend's /v1/embeddings (retrieval.embedding_model), BM25 when it is unavailable.
+RetrievalMethod = Literal["bm25", "embedding", "hybrid", "backend"]
 # refusal: the answer declines; helpful: a harmless request (often one that sounds risky)
 # answered fully; general: an everyday request, the fallback when nothing matches well.
 ExampleLabel = Literal["refusal", "helpful", "general"]
@@ -55,6 +56,13 @@ class RetrievalSettings(_Frozen):
     neighbours: int = Field(default=5, ge=1, le=64)
     refusal_share: float = Field(default=0.5, gt=0, le=1)
     min_similarity: float = Field(default=0.0, ge=0, le=1)
+    embedding_model: str | None = Field(default=None, min_length=1)  # for method "backend"
+
+    @model_validator(mode="after")
+    def _backend_needs_a_model(self) -> RetrievalSettings:
+        if self.method == "backend" and not self.embedding_model:
+            raise ValueError("retrieval method 'backend' needs retrieval.embedding_model")
+        return self
 
     def hashed(self) -> dict[str, Any]:
         """What the version hash covers: k and method always, later fields only when set.

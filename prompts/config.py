@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     port: int = 8000
     backend_url: str | None = None
     backend_api_key: SecretStr | None = None
+    # Where artifacts with retrieval.method "backend" get embeddings (default: backend_url).
+    embeddings_url: str | None = None
+    embeddings_api_key: SecretStr | None = None
     backend_kind: BackendKind = "auto"
     max_body_bytes: int = 8 * 1024 * 1024
     # Client-side connection limits, enforced by proxy/protocol.py (see its docstring).

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from prompts.artifact import Artifact, Example
-from prompts.retrieval import Scorer, build_scorer
+from prompts.retrieval import Scorer, Scores, build_scorer
 from prompts.selection import Selector
 
 SystemPolicy = Literal["merge", "replace", "client"]
@@ -77,13 +77,21 @@ class PreparedArtifact:
         scorer = build_scorer(artifact.retrieval.method, [e.query for e in examples])
         return cls(artifact, scorer, Selector([e.label for e in examples]))
 
-    def select_examples(self, query: str, k: int | None = None) -> list[Example]:
+    @property
+    def needs_remote_scores(self) -> bool:
+        """Whether similarity comes from a backend's embeddings (``retrieval.method == "backend"``)."""
+        return self.artifact.retrieval.method == "backend" and bool(self.artifact.examples)
+
+    def select_examples(self, query: str, k: int | None = None, scores: Scores | None = None) -> list[Example]:
+        """The examples to show; ``scores`` (one per example) replace the built-in scorer's when given."""
         retrieval = self.artifact.retrieval
         count = retrieval.k if k is None else k
         examples = self.artifact.examples
         if count <= 0 or not examples:
             return []
-        return [examples[i] for i in self.selector.select(self.scorer.scores(query), count, retrieval)]
+        if scores is None or len(scores) != len(examples):
+            scores = self.scorer.scores(query)
+        return [examples[i] for i in self.selector.select(scores, count, retrieval)]
 
 
 def merge_system(ours: str, client_texts: Iterable[str], policy: SystemPolicy) -> str | None:
@@ -105,6 +113,7 @@ def build_chat_messages(
     messages: Sequence[Message],
     policy: SystemPolicy = "merge",
     k: int | None = None,
+    scores: Scores | None = None,
 ) -> list[Message]:
     """The client's conversation with our system prompt and examples injected once."""
     system_texts = [content_text(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
@@ -113,7 +122,7 @@ def build_chat_messages(
     system = merge_system(prepared.artifact.system_prompt, system_texts, policy)
     if system is not None:
         out.append({"role": "system", "content": system})
-    for example in prepared.select_examples(latest_user_text(messages), k):
+    for example in prepared.select_examples(latest_user_text(messages), k, scores):
         out.append({"role": "user", "content": example.query})
         out.append({"role": "assistant", "content": example.answer})
     out.extend(rest)
@@ -129,12 +138,13 @@ def build_completion_prompt(
     messages: Sequence[Message],
     policy: SystemPolicy = "merge",
     k: int | None = None,
+    scores: Scores | None = None,
 ) -> str:
     """A raw prompt for base models; complete it with ``stop=COMPLETION_STOP``."""
     system_texts = [content_text(m.get("content")) for m in messages if m.get("role") in SYSTEM_ROLES]
     instructions = merge_system(prepared.artifact.system_prompt, system_texts, policy) or ""
     parts = [f"# Instructions:\n{instructions.strip()}\n\n"] if instructions.strip() else []
-    for example in prepared.select_examples(latest_user_text(messages), k):
+    for example in prepared.select_examples(latest_user_text(messages), k, scores):
         parts.append(f"# Query:\n{example.query}\n\n")
         parts.append(_answer_block(example.answer))
     for message in messages:

@@ -153,7 +153,7 @@ class HybridScorer:
 
 def build_scorer(method: str, documents: Sequence[str]) -> Scorer:
     """The scorer for an artifact's ``retrieval.method``."""
-    if method == "bm25":
+    if method in ("bm25", "backend"):  # backend: BM25 is the fallback when embeddings are unavailable
         return NormalisedBM25(documents)
     if method == "embedding":
         from prompts.embedding import EmbeddingIndex

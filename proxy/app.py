@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prompts.config import FileConfig, Settings
+from prompts.remote_embeddings import BackendEmbeddings
 from prompts.store import PromptStore
 from proxy.asgi import Receive, Scope, Send
 from proxy.auth import KeyChecker
@@ -151,8 +152,19 @@ def create_app(
             keepalive_expiry=settings.backend_keepalive,
         )
         router = Router(backends, default, file_config, settings.models_cache_ttl, client)
+        embeddings_url = settings.embeddings_url or settings.backend_url
+        embeddings = None
+        if embeddings_url:
+            key = settings.embeddings_api_key or settings.backend_api_key
+            embeddings = BackendEmbeddings(
+                embeddings_url,
+                client,
+                key.get_secret_value() if key else None,
+                cache_dir=settings.home / "embeddings",
+                timeout=settings.connect_timeout + 5.0,
+            )
         holder.serving = OpenAIServing(
-            router, upstream, snapshot, Policies(file_config), metrics, keys, settings.max_body_bytes
+            router, upstream, snapshot, Policies(file_config), metrics, keys, settings.max_body_bytes, embeddings
         )
         holder.store = the_store
         holder.readiness = CachedReadiness(router.check, settings.ready_cache_ttl)

@@ -19,6 +19,7 @@ from prompts.layout import (
     build_chat_messages,
     build_completion_prompt,
 )
+from prompts.retrieval import Scores
 from proxy.errors import InvalidRequest
 
 Mode = Literal["chat", "completion"]
@@ -94,19 +95,27 @@ def _chars(messages: list[dict[str, Any]]) -> int:
 
 
 def inject_chat(
-    body: dict[str, Any], messages: list[dict[str, Any]], prepared: PreparedArtifact, policy: ModelPolicy
+    body: dict[str, Any],
+    messages: list[dict[str, Any]],
+    prepared: PreparedArtifact,
+    policy: ModelPolicy,
+    scores: Scores | None = None,
 ) -> int:
     """Replace ``body["messages"]`` in place; returns the number of characters added."""
-    new = build_chat_messages(prepared, messages, policy.system_policy, policy.k)
+    new = build_chat_messages(prepared, messages, policy.system_policy, policy.k, scores)
     body["messages"] = new
     return max(0, _chars(new) - _chars(messages))
 
 
 def completion_body(
-    body: dict[str, Any], messages: list[dict[str, Any]], prepared: PreparedArtifact, policy: ModelPolicy
+    body: dict[str, Any],
+    messages: list[dict[str, Any]],
+    prepared: PreparedArtifact,
+    policy: ModelPolicy,
+    scores: Scores | None = None,
 ) -> tuple[dict[str, Any], int]:
     """The /v1/completions request for a chat request to a completion-mode model."""
-    prompt = build_completion_prompt(prepared, messages, policy.system_policy, policy.k)
+    prompt = build_completion_prompt(prepared, messages, policy.system_policy, policy.k, scores)
     out = {k: v for k, v in body.items() if k not in _CHAT_ONLY}
     if "max_tokens" not in out and isinstance(body.get("max_completion_tokens"), int):
         out["max_tokens"] = body["max_completion_tokens"]

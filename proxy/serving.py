@@ -20,6 +20,9 @@ from typing import Any
 
 import orjson
 
+from prompts.layout import latest_user_text
+from prompts.remote_embeddings import BackendEmbeddings
+from prompts.retrieval import Scores
 from proxy.asgi import (
     ClientDisconnected,
     DisconnectWatcher,
@@ -102,7 +105,9 @@ class OpenAIServing:
         metrics: Metrics,
         keys: KeyChecker,
         max_body_bytes: int,
+        embeddings: BackendEmbeddings | None = None,
     ) -> None:
+        self.remote_embeddings = embeddings  # for artifacts whose retrieval.method is "backend"
         self.router = router
         self.upstream = upstream
         self.snapshot = snapshot
@@ -144,7 +149,12 @@ class OpenAIServing:
             backend = await self.router.resolve(name)
             model = name
             id_is_uuid = client_id is None or is_uuid(client_id)
-            call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages)
+            scores = None
+            if messages is not None and self.remote_embeddings is not None:
+                prepared = self.snapshot.get(name)
+                if prepared.needs_remote_scores:  # retrieval.method "backend": one embeddings call
+                    scores = await self.remote_embeddings.scores(prepared, latest_user_text(messages))
+            call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages, scores)
             version = call.version
             watcher = DisconnectWatcher(receive)
             backend.in_flight += 1
@@ -187,6 +197,7 @@ class OpenAIServing:
         raw: bytes,
         path: bytes,
         messages: list[dict[str, Any]] | None,
+        scores: Scores | None = None,
     ) -> _Call:
         model: str = body["model"]
         stream = body.get("stream") is True
@@ -203,10 +214,10 @@ class OpenAIServing:
         policy = self.policies.get(model)
         mode = policy.mode or prepared.artifact.layout
         if mode == "completion":
-            out, chars = completion_body(body, messages, prepared, policy)
+            out, chars = completion_body(body, messages, prepared, policy, scores)
             path, translate = COMPLETIONS_PATH, True
         else:
-            chars = inject_chat(body, messages, prepared, policy)
+            chars = inject_chat(body, messages, prepared, policy, scores)
             out, translate = body, False
             if backend.llama_cpp and "response_format" in body:
                 rewrite_response_format(body)
