@@ -11,6 +11,7 @@ with exit code 1.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from prompts.artifact import Artifact, Layout
 from prompts.config import ConfigError, get_settings
-from prompts.defaults import default_artifact
+from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.errors import InvalidArtifact, PromptsError
 from prompts.import_drpo import import_drpo_dir
 from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
@@ -30,6 +31,7 @@ from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
 app = typer.Typer(help="Inspect and change stored prompt artifacts.", no_args_is_help=True)
 
 ACTIVE_MARK = "(active)"
+BUILTIN_MARK = "built-in default artifact"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -122,8 +124,11 @@ def list_(
         models = [model] if model is not None else store.models()
         if model is not None and model not in store.models():
             raise _fail(f"model {model!r} has no stored versions")
+        if model is None:
+            # What the proxy serves to every model id without an active version of its own.
+            typer.echo(f"{DEFAULT_MODEL_ID}  {default_artifact().version}  {BUILTIN_MARK}")
         for name in models:
-            typer.echo(f"{name}  {store.active_version(name) or '(none active)'}")
+            typer.echo(f"{name}  {store.active_version(name) or '(none active: serves the built-in default)'}")
 
 
 @app.command()
@@ -134,13 +139,15 @@ def show(
 ) -> None:
     """Show an artifact: summary, system prompt and examples."""
     with _store() as store:
-        artifact = store.get(model, version)
+        artifact, builtin = _served(store, model, version)
         active = store.active_version(model) == artifact.version
-        reports = store.eval_reports(model, artifact.version)
+        reports = [] if builtin else store.eval_reports(model, artifact.version)
     if as_json:
         typer.echo(artifact.to_json().decode())
         return
-    typer.echo(format_artifact(artifact, active))
+    if builtin:
+        typer.echo(f"{model} has no active version: the proxy serves it the {BUILTIN_MARK}\n")
+    typer.echo(format_artifact(artifact, None if builtin else active))
     if reports:
         typer.echo("\nevals:")
         for report in reports:
@@ -191,7 +198,9 @@ def export(
 ) -> None:
     """Write an artifact as JSON (atomically: never a half-written file)."""
     with _store() as store:
-        artifact = store.get(model, version)
+        artifact, builtin = _served(store, model, version)
+    if builtin:
+        typer.echo(f"{model} has no active version: exporting the {BUILTIN_MARK}", err=True)
     data = artifact.to_json() + b"\n"
     if str(file) == "-":
         sys.stdout.buffer.write(data)
@@ -249,6 +258,46 @@ def import_drpo(
         if not artifact.examples:
             typer.echo("note: no ICL_examples.json found; the artifact has no examples (use --icl FILE)", err=True)
         _report_import(store, artifact, activate)
+
+
+def _served(store: PromptStore, model: str, version: str | None) -> tuple[Artifact, bool]:
+    """The artifact asked for, or with no version what the proxy serves MODEL; True if built-in."""
+    if version is None and store.active_version(model) is None:
+        return default_artifact(), True
+    return store.get(model, version), False
+
+
+def _resolve_for_diff(store: PromptStore, model: str, spec: str) -> Artifact:
+    if spec == "default":
+        return default_artifact()
+    if spec == "active":
+        return _served(store, model, None)[0]
+    return store.get(model, spec)
+
+
+def artifact_lines(artifact: Artifact) -> list[str]:
+    """An artifact as lines for a diff: settings, the system prompt, then each example."""
+    r = artifact.retrieval
+    lines = [f"layout: {artifact.layout}", f"retrieval: {r.model_dump_json()}", "", "[system prompt]"]
+    lines += artifact.system_prompt.splitlines()
+    for example in artifact.examples:
+        label = f" ({example.label})" if example.label else ""
+        lines += ["", f"[example{label}] Q: {example.query}"]
+        lines += [f"A: {line}" for line in example.answer.splitlines()]
+    return lines
+
+
+@app.command()
+def diff(
+    model: str = typer.Argument(..., help="Model id."),
+    first: str = typer.Argument(..., help="Version id or prefix, 'active' or 'default'."),
+    second: str = typer.Argument(..., help="Version id or prefix, 'active' or 'default'."),
+) -> None:
+    """A unified diff of two versions: settings, system prompt and examples (exit 0 even if they differ)."""
+    with _store() as store:
+        a, b = _resolve_for_diff(store, model, first), _resolve_for_diff(store, model, second)
+    lines = difflib.unified_diff(artifact_lines(a), artifact_lines(b), a.version, b.version, lineterm="")
+    typer.echo("\n".join(lines) or f"{a.version} and {b.version} are identical")
 
 
 @app.command()

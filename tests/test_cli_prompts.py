@@ -65,13 +65,18 @@ def _fails(result: Result, fragment: str) -> None:
 def test_list_models(seeded: list[Artifact]) -> None:
     result = run("list")
     assert result.exit_code == 0
-    assert result.stdout.splitlines() == [f"m  {seeded[1].version}", "other  (none active)"]
+    assert result.stdout.splitlines() == [
+        f"*  {default_artifact().version}  built-in default artifact",
+        f"m  {seeded[1].version}",
+        "other  (none active: serves the built-in default)",
+    ]
     assert run("list", "m").stdout.splitlines() == [f"m  {seeded[1].version}"]
 
 
-def test_list_empty_store(drpo_home: Path) -> None:
+def test_list_on_an_empty_store_shows_what_is_served(drpo_home: Path) -> None:
     result = run("list")
-    assert result.exit_code == 0 and result.stdout == ""
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [f"*  {default_artifact().version}  built-in default artifact"]
 
 
 def test_list_versions(seeded: list[Artifact]) -> None:
@@ -105,9 +110,32 @@ def test_show(seeded: list[Artifact]) -> None:
 
 
 def test_show_errors(seeded: list[Artifact]) -> None:
-    _fails(run("show", "nobody"), "no active prompt version")
     _fails(run("show", "m", "--version", "zzzz"), "no version 'zzzz'")
-    _fails(run("show", "other"), "no active")
+    _fails(run("show", "nobody", "--version", "abc"), "no version 'abc'")
+
+
+def test_show_and_export_of_a_model_without_versions_give_what_the_proxy_serves(
+    seeded: list[Artifact], tmp_path: Path
+) -> None:
+    shown = run("show", "nobody")
+    assert shown.exit_code == 0
+    assert shown.stdout.startswith("nobody has no active version: the proxy serves it the built-in default artifact")
+    assert f"version:     {default_artifact().version}" in shown.stdout
+    out = tmp_path / "served.json"
+    exported = run("export", "other", str(out))  # stored versions, none active
+    assert exported.exit_code == 0 and "built-in default" in exported.stderr
+    assert Artifact.from_json(out.read_bytes()) == default_artifact()
+
+
+def test_diff_of_two_versions(seeded: list[Artifact]) -> None:
+    a, b = seeded
+    result = run("diff", "m", a.version[:6], "active")
+    assert result.exit_code == 0
+    assert result.stdout.startswith(f"--- {a.version}\n+++ {b.version}")
+    assert "-Prompt A" in result.stdout and "+Prompt B" in result.stdout
+    same = run("diff", "m", b.version, "active")
+    assert same.stdout.strip() == f"{b.version} and {b.version} are identical"
+    _fails(run("diff", "m", "zzzz", "active"), "no version 'zzzz'")
 
 
 def test_activate_and_rollback(seeded: list[Artifact]) -> None:
@@ -159,7 +187,7 @@ def test_import_into_new_model(drpo_home: Path, tmp_path: Path) -> None:
     path.write_bytes(artifact.to_json())
     result = run("import", str(path))
     assert result.stdout.strip() == f"fresh-model {artifact.version} (new version)"
-    assert run("list").stdout.splitlines() == ["fresh-model  (none active)"]
+    assert run("list").stdout.splitlines()[1:] == ["fresh-model  (none active: serves the built-in default)"]
 
 
 def test_import_and_export_errors(seeded: list[Artifact], tmp_path: Path) -> None:
@@ -169,7 +197,7 @@ def test_import_and_export_errors(seeded: list[Artifact], tmp_path: Path) -> Non
     bad.write_text(json.dumps({"model": "m"}))
     _fails(run("import", str(bad)), "not a valid artifact")
     _fails(run("import", str(tmp_path / "missing.json")), "cannot read")
-    _fails(run("export", "nobody", str(tmp_path / "x.json")), "nobody")
+    _fails(run("export", "nobody", str(tmp_path / "x.json"), "--version", "abc"), "no version 'abc'")
     assert not (tmp_path / "x.json").exists()
 
 
@@ -204,7 +232,7 @@ def test_import_drpo_errors(drpo_home: Path, tmp_path: Path) -> None:
     _fails(run("import-drpo", str(tmp_path), "--model", "x"), "cannot read")
     (tmp_path / "output.json").write_text(json.dumps({"level 1": {}}))
     _fails(run("import-drpo", str(tmp_path), "--model", "x"), "'Prompt'")
-    assert run("list").stdout == ""
+    assert run("list").stdout.splitlines()[1:] == []
 
 
 def test_invalid_environment(drpo_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,6 +254,6 @@ def test_real_console_entry_point(seeded: list[Artifact], drpo_home: Path) -> No
     ok = subprocess.run([*command, "list", "m", "--versions"], env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0
     assert ok.stdout.splitlines()[-1].startswith(seeded[1].version)
-    bad = subprocess.run([*command, "show", "nobody"], env=env, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*command, "show", "m", "-v", "zzzz"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
-    assert bad.stderr.strip() == "error: model 'nobody' has no active prompt version"
+    assert bad.stderr.strip() == "error: model 'm' has no version 'zzzz'"

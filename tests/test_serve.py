@@ -297,7 +297,7 @@ def test_insecure_public_bind_serves_and_stops_on_sigterm(tmp_path: Path) -> Non
         )
         assert done.returncode == 0, done.stderr
         done = subprocess.run([*prompts, "list"], env=env, capture_output=True, text=True, timeout=60)
-        assert done.stdout.split() == ["m", default_artifact().with_changes(model="m").version]
+        assert done.stdout.splitlines()[1].split() == ["m", default_artifact().with_changes(model="m").version]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:
