@@ -1,6 +1,10 @@
 """Live progress (rich) and the final summary table.
 
-The view only reads the counters; it never changes what the search does.
+On a terminal the progress is one live line. Anywhere else (a worker, a CronJob, CI,
+``drpo optimize … > log``) rich's live display would print nothing until the end, so the view
+writes a plain line instead: at every stage change and otherwise at most every
+:data:`PLAIN_INTERVAL_S` seconds. The view only reads the counters; it never changes what
+the search does.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from optimizer.llm import Counters
+
+PLAIN_INTERVAL_S = 10.0
 
 
 def _clock(seconds: float) -> str:
@@ -31,9 +37,11 @@ class ProgressView:
         self.best: float | None = None
         self.started = time.monotonic()
         self._live: Live | None = None
+        self._plain = console is not None and not console.is_terminal
+        self._last_plain = float("-inf")
 
     def __enter__(self) -> ProgressView:
-        if self.console is not None:
+        if self.console is not None and not self._plain:
             self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
         return self
@@ -43,9 +51,12 @@ class ProgressView:
             self._live.update(self._render())
             self._live.__exit__(None, None, None)
             self._live = None
+        elif self._plain:
+            self._print_plain()
 
     def update(self, stage: str | None = None, position: str | None = None, best: float | None = None) -> None:
-        if stage is not None:
+        if stage is not None and stage != self.stage:
+            self._last_plain = float("-inf")  # a new stage is always reported
             self.stage = stage
         if position is not None:
             self.position = position
@@ -56,6 +67,13 @@ class ProgressView:
     def refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
+        elif self._plain and time.monotonic() - self._last_plain >= PLAIN_INTERVAL_S:
+            self._print_plain()
+
+    def _print_plain(self) -> None:
+        assert self.console is not None
+        self._last_plain = time.monotonic()
+        self.console.print(self._render().plain, soft_wrap=True, highlight=False, markup=False)
 
     def eta(self) -> str:
         c = self.counters
