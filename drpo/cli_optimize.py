@@ -381,12 +381,15 @@ def _promote_through_gate(
     quiet: bool,
 ) -> None:
     """--activate: the new version goes live only if it passes the gate on the validation set."""
+    from drpo.actor import cli_actor
     from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GateSettings, gate_and_activate
 
     gate = GateSettings(sets=(val_set or BUILTIN_VAL,))
     console.print(f"promotion gate: {version} against the live version on {gate.sets[0]} ...")
     try:
-        outcome = gate_and_activate(console, settings, model, version, target_url, target_key, gate, quiet)
+        outcome = gate_and_activate(
+            console, settings, model, version, target_url, target_key, gate, quiet, actor=cli_actor()
+        )
     except OptimizerError as exc:
         console.print(f"error: the gate could not run: {exc}; {version} stays a candidate")
         raise typer.Exit(1) from exc

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from drpo.actor import cli_actor
 from drpo.cli_optimize import _target_endpoint
 from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GATE_MAX_TOKENS, GateSettings, gate_and_activate
 from optimizer.errors import OptimizerError
@@ -46,8 +47,8 @@ def promote(
         settings = Settings(config=config) if config else get_settings()
         file_config = settings.file_config()
         if force:
-            with PromptStore(settings.store_dir) as store:
-                resolved = store.activate(model, version)
+            with PromptStore(settings.store_dir, actor=cli_actor()) as store:
+                resolved = store.activate(model, version, action="promote --force")
             typer.echo(f"promoted {resolved} (forced, gate skipped)")
             return
         target_url, target_key = _target_endpoint(model, backend, settings, file_config)
@@ -58,7 +59,9 @@ def promote(
             objective,  # type: ignore[arg-type]
             max_tokens,
         )
-        outcome = gate_and_activate(console, settings, model, version, target_url, target_key, gate, quiet)
+        outcome = gate_and_activate(
+            console, settings, model, version, target_url, target_key, gate, quiet, actor=cli_actor()
+        )
     except (ConfigError, PromptsError, OptimizerError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

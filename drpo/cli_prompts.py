@@ -21,6 +21,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 
+from drpo.actor import cli_actor
 from prompts.artifact import Artifact, Layout
 from prompts.config import ConfigError, get_settings
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
@@ -47,7 +48,7 @@ def _store() -> Iterator[PromptStore]:
     except ValidationError as exc:
         raise _fail(f"invalid DRPO_* environment: {exc.errors()[0].get('msg', exc)}") from exc
     try:
-        with PromptStore(settings.store_dir) as store:
+        with PromptStore(settings.store_dir, actor=cli_actor()) as store:
             yield store
     except (PromptsError, ConfigError) as exc:
         raise _fail(str(exc)) from exc
@@ -298,6 +299,19 @@ def diff(
         a, b = _resolve_for_diff(store, model, first), _resolve_for_diff(store, model, second)
     lines = difflib.unified_diff(artifact_lines(a), artifact_lines(b), a.version, b.version, lineterm="")
     typer.echo("\n".join(lines) or f"{a.version} and {b.version} are identical")
+
+
+@app.command()
+def audit(
+    model: str | None = typer.Argument(None, help="Only changes of this model id."),
+    limit: int = typer.Option(50, "--limit", min=1, help="The last N entries."),
+) -> None:
+    """Who changed what, when: imports, activations, rollbacks, promotions (oldest first)."""
+    with _store() as store:
+        entries = store.audit_log(model, limit)
+    for entry in entries:
+        when = _short_time(str(entry["at"]))
+        typer.echo(f"{when}  {entry['actor']}  {entry['action']}  {entry['model']}  {entry.get('version') or '-'}")
 
 
 @app.command()

@@ -59,6 +59,7 @@ def gate_and_activate(
     target_key: str | None,
     gate: GateSettings,
     quiet: bool = False,
+    actor: str | None = None,
 ) -> GateOutcome:
     """Evaluate ``version`` against the live baseline; activate it only if the gate passes."""
     with PromptStore(settings.store_dir) as store:
@@ -82,11 +83,11 @@ def gate_and_activate(
     report = run_eval(console, settings, job, quiet=quiet)
     decision = decide(report, candidate.version, baseline_name, margin=gate.margin, objective=gate.objective)
     stored = {k: v for k, v in report.items() if k != "answers"}
-    with PromptStore(settings.store_dir) as store:
+    with PromptStore(settings.store_dir, actor=actor) as store:
         if decision.promote and store.active_version(model) != active:
             decision = GateDecision(False, "the active version changed while the gate ran; run it again")
         stored["gate"] = {**decision.as_dict(), "margin": gate.margin, "objective": gate.objective}
         report_id = store.add_eval_report(model, stored)
         if decision.promote:
-            store.activate(model, candidate.version)
+            store.activate(model, candidate.version, action="promote")
     return GateOutcome(candidate.version, decision, report, report_id)

@@ -12,6 +12,9 @@ why every value is inline in SQLite, nothing is evicted and no value grows):
 - ``["eval-report", model, seq]`` → an eval report (``drpo eval --store``, the promotion
   gate): which versions were answered on which labelled prompts, refusal rates per label,
   the gate's verdict; count in ``["count", "eval-report", model]``.
+- ``["audit", "*", seq]`` → ``{"at", "actor", "action", "model", "version"}``: every change made by a
+  store opened with an ``actor`` (the CLI, the admin API), written in the same transaction as the
+  change. The actor is a name (``cli:alice``, a key's configured name), never a credential.
 - ``["active", model]`` → the active version id.
 - ``["models"]`` → sorted JSON list of model ids with at least one version.
 - ``["generation"]`` → counter bumped on every change of an active pointer.
@@ -92,7 +95,7 @@ def validation_summary(exc: ValidationError, limit: int = 3) -> str:
 class PromptStore:
     """Immutable artifact versions with one active version per model id."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, actor: str | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cache = open_cache(self.directory)
@@ -104,6 +107,8 @@ class PromptStore:
         self._versions = AppendLog(self._cache, "version")
         self._history = AppendLog(self._cache, "history")
         self._reports = AppendLog(self._cache, "eval-report")
+        self._audit = AppendLog(self._cache, "audit")
+        self.actor = actor  # who changes go on record as; None: no audit entries
 
     def close(self) -> None:
         self._cache.close()
@@ -190,6 +195,7 @@ class PromptStore:
         model = artifact.model
         with self._cache.transact():
             if self._cache.get(version_index_key(model, artifact.version)) is None:
+                self._record_audit("import", model, artifact.version)
                 self._cache.set(artifact_key(model, artifact.version), artifact.to_json())
                 seq = self._versions.append(model, version_summary(artifact, _now()))
                 self._cache.set(version_index_key(model, artifact.version), seq)
@@ -200,13 +206,14 @@ class PromptStore:
                 self._activate_locked(model, artifact.version)
         return artifact
 
-    def activate(self, model: str, version: str) -> str:
+    def activate(self, model: str, version: str, action: str = "activate") -> str:
+        """Make ``version`` active; ``action`` names how in the history and audit log (e.g. "promote")."""
         with self._cache.transact():
             resolved = self._resolve_version(model, version)
-            self._activate_locked(model, resolved)
+            self._activate_locked(model, resolved, action)
         return resolved
 
-    def _activate_locked(self, model: str, version: str) -> None:
+    def _activate_locked(self, model: str, version: str, action: str = "activate") -> None:
         """Push ``version`` on the activation stack unless it is already on top."""
         last = self._history.last(model)
         if last is None:
@@ -214,9 +221,20 @@ class PromptStore:
         else:
             seq, top = last
             below = int(top["below"]) if top["version"] == version else seq
-        self._record_activation(model, version, "activate", below)
+        self._record_activation(model, version, action, below)
+
+    def _record_audit(self, action: str, model: str, version: str | None) -> None:
+        if self.actor is not None:
+            entry = {"at": _now(), "actor": self.actor, "action": action, "model": model, "version": version}
+            self._audit.append("*", entry)
+
+    def audit_log(self, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audit entries, oldest first (the last ``limit`` of them; only ``model``'s if given)."""
+        entries = [row for _, row in self._audit.entries("*") if model is None or row.get("model") == model]
+        return entries[-limit:] if limit else entries
 
     def _record_activation(self, model: str, version: str, action: str, below: int) -> None:
+        self._record_audit(action, model, version)
         self._cache.set(active_key(model), version)
         self._history.append(model, {"version": version, "at": _now(), "action": action, "below": below})
         self._cache.set(GENERATION_KEY, self.generation() + 1)
@@ -247,6 +265,7 @@ class PromptStore:
 
     def deactivate(self, model: str) -> None:
         with self._cache.transact():
+            self._record_audit("deactivate", model, None)
             self._cache.delete(active_key(model))
             self._cache.set(GENERATION_KEY, self.generation() + 1)
 

@@ -257,3 +257,25 @@ def test_real_console_entry_point(seeded: list[Artifact], drpo_home: Path) -> No
     bad = subprocess.run([*command, "show", "m", "-v", "zzzz"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: model 'm' has no version 'zzzz'"
+
+
+def test_every_cli_change_is_in_the_audit_log_with_who_and_never_a_key(
+    seeded: list[Artifact], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRPO_API_KEYS", "sk-secret-client-key")
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    a, b = seeded
+    run("activate", "m", a.version)
+    run("rollback", "m")
+    exported = tmp_path / "c.json"
+    exported.write_bytes(a.with_changes(system_prompt="Prompt C").to_json())
+    run("import", str(exported))
+    lines = run("audit", "m").stdout.splitlines()
+    assert [line.split("  ")[1:4] for line in lines] == [
+        ["cli:alice", "activate", "m"],
+        ["cli:alice", "rollback", "m"],
+        ["cli:alice", "import", "m"],
+    ]
+    assert lines[0].endswith(a.version) and lines[1].endswith(b.version)
+    assert "sk-secret" not in run("audit").stdout
+    assert len(run("audit", "--limit", "1").stdout.splitlines()) == 1
