@@ -11,7 +11,6 @@ with exit code 1.
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from drpo.actor import cli_actor
 from prompts.artifact import Artifact, Layout
 from prompts.config import ConfigError, get_settings
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
+from prompts.diff import artifact_diff
 from prompts.errors import InvalidArtifact, PromptsError
 from prompts.import_drpo import import_drpo_dir
 from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
@@ -276,18 +276,6 @@ def _resolve_for_diff(store: PromptStore, model: str, spec: str) -> Artifact:
     return store.get(model, spec)
 
 
-def artifact_lines(artifact: Artifact) -> list[str]:
-    """An artifact as lines for a diff: settings, the system prompt, then each example."""
-    r = artifact.retrieval
-    lines = [f"layout: {artifact.layout}", f"retrieval: {r.model_dump_json()}", "", "[system prompt]"]
-    lines += artifact.system_prompt.splitlines()
-    for example in artifact.examples:
-        label = f" ({example.label})" if example.label else ""
-        lines += ["", f"[example{label}] Q: {example.query}"]
-        lines += [f"A: {line}" for line in example.answer.splitlines()]
-    return lines
-
-
 @app.command()
 def diff(
     model: str = typer.Argument(..., help="Model id."),
@@ -297,8 +285,7 @@ def diff(
     """A unified diff of two versions: settings, system prompt and examples (exit 0 even if they differ)."""
     with _store() as store:
         a, b = _resolve_for_diff(store, model, first), _resolve_for_diff(store, model, second)
-    lines = difflib.unified_diff(artifact_lines(a), artifact_lines(b), a.version, b.version, lineterm="")
-    typer.echo("\n".join(lines) or f"{a.version} and {b.version} are identical")
+    typer.echo(artifact_diff(a, b) or f"{a.version} and {b.version} are identical")
 
 
 @app.command()

@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     config: Path | None = None
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     metrics_key: SecretStr | None = None
+    # /admin exists only when set; changes made through it are audited as admin:<admin_key_name>.
+    admin_key: SecretStr | None = None
+    admin_key_name: str = Field(default="admin", min_length=1, max_length=64)
     ready_cache_ttl: float = Field(default=1.0, ge=0)
     bypass: BypassPolicy = "any"
     bypass_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -203,7 +206,7 @@ class Settings(BaseSettings):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
 
-    @field_validator("metrics_key", mode="before")
+    @field_validator("metrics_key", "admin_key", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,11 +23,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from prompts.config import FileConfig, Settings
 from prompts.remote_embeddings import BackendEmbeddings
 from prompts.store import PromptStore
+from proxy.admin import create_admin_app
 from proxy.asgi import Receive, Scope, Send
 from proxy.auth import KeyChecker
 from proxy.errors import MethodNotAllowed, ProxyError, RouteNotFound, error_body
@@ -213,13 +215,20 @@ def create_app(
         "/v1/embeddings": _RawEndpoint(holder, OpenAIServing.embeddings),
     }
     # Also registered as ordinary routes, so other methods get a proper 405.
-    routes = [
+    routes: list[BaseRoute] = [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", render_metrics, methods=["GET"]),
     ]
+    if settings.admin_key is not None:
+
+        def store_dir() -> Path:
+            return holder.store.directory if holder.store is not None else settings.store_dir
+
+        admin = create_admin_app(store_dir, settings.admin_key.get_secret_value(), settings.admin_key_name)
+        routes.append(Mount("/admin", app=admin))
     app = ProxyApp(
         hot,
         routes=routes,

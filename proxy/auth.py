@@ -32,7 +32,7 @@ def bearer_token(authorization: bytes | None) -> bytes:
     return value.strip() if scheme.lower() == b"bearer" else b""
 
 
-def _matches_any(token: bytes, keys: Sequence[bytes]) -> bool:
+def matches_any(token: bytes, keys: Sequence[bytes]) -> bool:
     # Compare against every key (no early exit) so timing says nothing about which matched.
     ok = False
     for key in keys:
@@ -55,7 +55,7 @@ class KeyChecker:
         if not self._keys:
             return
         token = bearer_token(authorization)
-        if not _matches_any(token, self._keys):
+        if not matches_any(token, self._keys):
             message = "Missing bearer token" if not token else "Incorrect API key provided"
             raise Unauthorized(message, headers={"www-authenticate": "Bearer"})
 
@@ -68,7 +68,7 @@ class KeyChecker:
             return False
         if self._bypass == "any":
             return True
-        if self._bypass == "keys" and _matches_any(bearer_token(authorization), self._bypass_keys):
+        if self._bypass == "keys" and matches_any(bearer_token(authorization), self._bypass_keys):
             return True
         who = "this proxy" if self._bypass == "off" else "this API key"
         raise BypassNotAllowed(f"x-drpo-bypass is not allowed for {who}", param="x-drpo-bypass")
