@@ -11,5 +11,6 @@ Layout (thin routes → a serving class → the forwarding modules):
 - :mod:`proxy.llamacpp`   llama.cpp fixes: backend kind, response_format rewrite, the missing usage chunk
 - :mod:`proxy.snapshot`   the in-memory artifact snapshot with background hot swap
 - :mod:`proxy.auth`       client keys and the bypass policy; :mod:`proxy.readiness` the cached ``/ready`` check
+- :mod:`proxy.admin`      the admin API under ``/admin`` (FastAPI, only with ``DRPO_ADMIN_KEY``)
 - :mod:`proxy.metrics`, :mod:`proxy.errors`, :mod:`proxy.asgi`, :mod:`proxy.server`
 """
