@@ -129,7 +129,11 @@ def list_(
             # What the proxy serves to every model id without an active version of its own.
             typer.echo(f"{DEFAULT_MODEL_ID}  {default_artifact().version}  {BUILTIN_MARK}")
         for name in models:
-            typer.echo(f"{name}  {store.active_version(name) or '(none active: serves the built-in default)'}")
+            line = f"{name}  {store.active_version(name) or '(none active: serves the built-in default)'}"
+            weights = store.split(name)
+            if weights:
+                line += "  split " + " ".join(f"{v}={w}" for v, w in weights.items())
+            typer.echo(line)
 
 
 @app.command()
@@ -286,6 +290,31 @@ def diff(
     with _store() as store:
         a, b = _resolve_for_diff(store, model, first), _resolve_for_diff(store, model, second)
     typer.echo(artifact_diff(a, b) or f"{a.version} and {b.version} are identical")
+
+
+@app.command()
+def split(
+    model: str = typer.Argument(..., help="Model id."),
+    weights: list[str] = typer.Argument(None, help="VERSION=WEIGHT pairs, e.g. 3f2a=90 9c1b=10."),
+    clear: bool = typer.Option(False, "--clear", help="Remove the split: the active version serves again."),
+) -> None:
+    """A/B split: serve MODEL from several versions by weight, sticky per request `user` / x-drpo-session."""
+    if clear == bool(weights):
+        raise _fail("give VERSION=WEIGHT pairs, or --clear")
+    parsed: dict[str, int] = {}
+    for pair in weights or []:
+        version, _, weight = pair.partition("=")
+        if not version or not weight.isdigit() or int(weight) <= 0:
+            raise _fail(f"{pair!r} is not VERSION=WEIGHT with a positive whole weight")
+        parsed[version] = int(weight)
+    with _store() as store:
+        if clear:
+            store.clear_split(model)
+            typer.echo(f"{model}: split cleared, serving {store.active_version(model) or 'the built-in default'}")
+            return
+        resolved = store.set_split(model, parsed)
+    total = sum(resolved.values())
+    typer.echo(f"{model}: split " + ", ".join(f"{v} {w / total:.0%}" for v, w in resolved.items()))
 
 
 @app.command()

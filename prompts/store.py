@@ -15,6 +15,9 @@ why every value is inline in SQLite, nothing is evicted and no value grows):
 - ``["audit", "*", seq]`` → ``{"at", "actor", "action", "model", "version"}``: every change made by a
   store opened with an ``actor`` (the CLI, the admin API), written in the same transaction as the
   change. The actor is a name (``cli:alice``, a key's configured name), never a credential.
+- ``["split", model]`` → ``{"weights": {version: weight}}``: an A/B split over versions (replaced
+  as a whole; it never grows with history). While set, requests for the model are spread over
+  these versions instead of the active one.
 - ``["active", model]`` → the active version id.
 - ``["models"]`` → sorted JSON list of model ids with at least one version.
 - ``["generation"]`` → counter bumped on every change of an active pointer.
@@ -53,6 +56,7 @@ from prompts.store_layout import (
     artifact_key,
     load_json,
     open_cache,
+    split_key,
     version_index_key,
 )
 from prompts.store_migrate import ensure_schema, version_summary
@@ -268,6 +272,42 @@ class PromptStore:
             self._record_audit("deactivate", model, None)
             self._cache.delete(active_key(model))
             self._cache.set(GENERATION_KEY, self.generation() + 1)
+
+    # -- A/B splits --------------------------------------------------------------
+
+    def set_split(self, model: str, weights: dict[str, int]) -> dict[str, int]:
+        """Serve ``model`` from several versions in proportion to ``weights`` (ids or prefixes)."""
+        if len(weights) < 1 or any(int(w) <= 0 for w in weights.values()):
+            raise PromptsError("a split needs at least one version, each with a positive weight")
+        with self._cache.transact():
+            resolved: dict[str, int] = {}
+            for version, weight in weights.items():
+                full = self._resolve_version(model, version)
+                resolved[full] = resolved.get(full, 0) + int(weight)
+            self._record_audit("split " + " ".join(f"{v}={w}" for v, w in resolved.items()), model, None)
+            self._cache.set(split_key(model), orjson.dumps({"weights": resolved, "at": _now()}))
+            self._cache.set(GENERATION_KEY, self.generation() + 1)
+        return resolved
+
+    def clear_split(self, model: str) -> None:
+        with self._cache.transact():
+            if self._cache.get(split_key(model)) is not None:
+                self._record_audit("split cleared", model, None)
+                self._cache.delete(split_key(model))
+                self._cache.set(GENERATION_KEY, self.generation() + 1)
+
+    def split(self, model: str) -> dict[str, int] | None:
+        raw = self._cache.get(split_key(model))
+        return None if raw is None else {str(v): int(w) for v, w in orjson.loads(raw)["weights"].items()}
+
+    def active_splits(self) -> dict[str, dict[str, Artifact]]:
+        """Per model with a split: version → artifact, for the proxy's snapshot (weights via :meth:`split`)."""
+        out = {}
+        for model in self.models():
+            weights = self.split(model)
+            if weights:
+                out[model] = {version: self._load(model, version) for version in weights}
+        return out
 
     # -- eval reports ----------------------------------------------------------
 

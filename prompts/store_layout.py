@@ -70,6 +70,11 @@ def version_index_key(model: str, version: str) -> str:
     return key("version-seq", model, version)
 
 
+def split_key(model: str) -> str:
+    """A model's A/B split over versions (a small JSON value, replaced as a whole)."""
+    return key("split", model)
+
+
 def active_key(model: str) -> str:
     return key("active", model)
 

@@ -34,6 +34,7 @@ class ModelState(BaseModel):
     active: str | None
     versions: int
     builtin_default: bool = False
+    split: dict[str, int] | None = None
 
 
 class VersionSummary(BaseModel):
@@ -59,6 +60,15 @@ class Activation(BaseModel):
     model: str
     active: str
     previous: str | None
+
+
+class SplitRequest(BaseModel):
+    weights: dict[str, int]
+
+
+class SplitState(BaseModel):
+    model: str
+    weights: dict[str, int] | None
 
 
 class AuditEntry(BaseModel):
@@ -118,7 +128,10 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
             out = [
                 ModelState(model=DEFAULT_MODEL_ID, active=default_artifact().version, versions=1, builtin_default=True)
             ]
-            out += [ModelState(model=m, active=s.active_version(m), versions=len(s.versions(m))) for m in s.models()]
+            out += [
+                ModelState(model=m, active=s.active_version(m), versions=len(s.versions(m)), split=s.split(m))
+                for m in s.models()
+            ]
         return out
 
     @app.get("/versions", dependencies=guard)
@@ -161,6 +174,18 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
         with store() as s:
             previous = s.active_version(model)
             return Activation(model=model, active=s.rollback(model), previous=previous)
+
+    @app.put("/split", dependencies=guard)
+    def set_split(body: SplitRequest, model: str = Query(...)) -> SplitState:
+        """Serve the model from several versions by weight (sticky per request `user` / x-drpo-session)."""
+        with store() as s:
+            return SplitState(model=model, weights=s.set_split(model, body.weights))
+
+    @app.delete("/split", dependencies=guard)
+    def clear_split(model: str = Query(...)) -> SplitState:
+        with store() as s:
+            s.clear_split(model)
+            return SplitState(model=model, weights=None)
 
     @app.get("/audit", dependencies=guard)
     def audit(model: str | None = Query(None), limit: int = Query(100, ge=1, le=10_000)) -> list[AuditEntry]:

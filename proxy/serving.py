@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from prompts.layout import latest_user_text
+from prompts.layout import PreparedArtifact, latest_user_text
 from prompts.remote_embeddings import BackendEmbeddings
 from prompts.retrieval import Scores
 from proxy.asgi import (
@@ -149,12 +149,16 @@ class OpenAIServing:
             backend = await self.router.resolve(name)
             model = name
             id_is_uuid = client_id is None or is_uuid(client_id)
-            scores = None
-            if messages is not None and self.remote_embeddings is not None:
-                prepared = self.snapshot.get(name)
-                if prepared.needs_remote_scores:  # retrieval.method "backend": one embeddings call
+            prepared, scores = None, None
+            if messages is not None:
+                # An A/B split is sticky per the request's `user` field or x-drpo-session header.
+                user = body.get("user")
+                sticky = user if isinstance(user, str) and user else _header_text(headers.get(b"x-drpo-session"))
+                prepared = self.snapshot.get(name, sticky)
+                if prepared.needs_remote_scores and self.remote_embeddings is not None:
+                    # retrieval.method "backend": one embeddings call (None: BM25 decides)
                     scores = await self.remote_embeddings.scores(prepared, latest_user_text(messages))
-            call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages, scores)
+            call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages, prepared, scores)
             version = call.version
             watcher = DisconnectWatcher(receive)
             backend.in_flight += 1
@@ -197,6 +201,7 @@ class OpenAIServing:
         raw: bytes,
         path: bytes,
         messages: list[dict[str, Any]] | None,
+        prepared: PreparedArtifact | None = None,
         scores: Scores | None = None,
     ) -> _Call:
         model: str = body["model"]
@@ -210,7 +215,8 @@ class OpenAIServing:
             if backend.llama_cpp and stream and include_usage and path != EMBEDDINGS_PATH:
                 call.usage = UsageFiller(body, model, chat=path == CHAT_PATH)
             return call
-        prepared = self.snapshot.get(model)
+        if prepared is None:
+            prepared = self.snapshot.get(model)
         policy = self.policies.get(model)
         mode = policy.mode or prepared.artifact.layout
         if mode == "completion":
@@ -472,3 +478,13 @@ async def _send_error_event(send: Send, exc: ProxyError) -> None:
 
 
 __all__ = ["DONE", "OpenAIServing"]
+
+
+def _header_text(value: bytes | None) -> str | None:
+    """A header as text for hashing (an empty or undecodable one counts as absent)."""
+    if not value:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        return None

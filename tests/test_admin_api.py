@@ -67,8 +67,15 @@ def test_read_change_and_audit_through_the_admin_api(
             "active": default_artifact().version,
             "versions": 1,
             "builtin_default": True,
+            "split": None,
         }
-        assert models[1] == {"model": MODEL, "active": b.version, "versions": 2, "builtin_default": False}
+        assert models[1] == {
+            "model": MODEL,
+            "active": b.version,
+            "versions": 2,
+            "builtin_default": False,
+            "split": None,
+        }
         versions = httpx.get(base + "/admin/versions", params={"model": MODEL}, headers=ADMIN).json()
         assert [v["version"] for v in versions] == [a.version, b.version] and versions[1]["active"]
         one = httpx.get(base + "/admin/version", params={"model": MODEL, "version": a.version[:6]}, headers=ADMIN)
@@ -82,13 +89,20 @@ def test_read_change_and_audit_through_the_admin_api(
         assert switched.json() == {"model": MODEL, "active": a.version, "previous": b.version}
         back = httpx.post(base + "/admin/rollback", params={"model": MODEL}, headers=ADMIN)
         assert back.json()["active"] == b.version
+        weights = {a.version: 90, b.version[:6]: 10}
+        split = httpx.put(base + "/admin/split", params={"model": MODEL}, json={"weights": weights}, headers=ADMIN)
+        assert split.json() == {"model": MODEL, "weights": {a.version: 90, b.version: 10}}
+        cleared = httpx.delete(base + "/admin/split", params={"model": MODEL}, headers=ADMIN)
+        assert cleared.json() == {"model": MODEL, "weights": None}
 
         missing = httpx.get(base + "/admin/version", params={"model": MODEL, "version": "zzzz"}, headers=ADMIN)
         assert missing.status_code == 404 and "no version 'zzzz'" in missing.json()["error"]["message"]
         audit = httpx.get(base + "/admin/audit", params={"model": MODEL}, headers=ADMIN).json()
-        assert [(e["actor"], e["action"], e["version"]) for e in audit] == [
+        assert [(e["actor"], e["action"].split(" ")[0], e["version"]) for e in audit] == [
             ("admin:ops", "activate", a.version),
             ("admin:ops", "rollback", b.version),
+            ("admin:ops", "split", None),
+            ("admin:ops", "split", None),
         ]
         assert "admin-secret" not in str(audit)
 
@@ -97,7 +111,8 @@ def test_openapi_schema_and_docs_page_without_any_cdn(backend: FakeBackend, tmp_
     settings = make_settings(tmp_path, backend.url, admin_key=SecretStr("admin-secret"))
     with running_proxy(settings) as base:
         schema = httpx.get(base + "/admin/openapi.json").json()
-        assert {"/models", "/versions", "/version", "/diff", "/activate", "/rollback", "/audit"} <= set(schema["paths"])
+        expected = {"/models", "/versions", "/version", "/diff", "/activate", "/rollback", "/split", "/audit"}
+        assert expected <= set(schema["paths"])
         page = httpx.get(base + "/admin/docs").text
         assert "swagger-ui-bundle.js" in page and "cdn" not in page.lower() and "https://" not in page
         script = page.split('src="')[1].split('"')[0]
