@@ -28,7 +28,7 @@ class Metrics:
         self.duration = Histogram(
             "drpo_request_duration_seconds",
             "Wall time of a request, from arrival to the end of the response.",
-            ["model"],
+            ["model", "prompt_version"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -41,7 +41,7 @@ class Metrics:
         self.ttft = Histogram(
             "drpo_time_to_first_token_seconds",
             "Streams: time from arrival to the first data event sent to the client.",
-            ["model"],
+            ["model", "prompt_version"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -53,13 +53,13 @@ class Metrics:
         )
         self.backend_errors = Counter(
             "drpo_backend_errors_total",
-            "Backend failures, by model and kind (connect, timeout, pool, disconnect, http_<status>).",
-            ["model", "kind"],
+            "Backend failures, by model, prompt version and kind (connect, timeout, disconnect, http_<status>...).",
+            ["model", "prompt_version", "kind"],
             registry=self.registry,
         )
         self._requests: dict[tuple[str, str, str], Counter] = {}
-        self._durations: dict[str, Histogram] = {}
-        self._ttfts: dict[str, Histogram] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
+        self._ttfts: dict[tuple[str, str], Histogram] = {}
 
     def request_done(self, model: str, version: str, status: int, seconds: float, overhead: float) -> None:
         key = (model, version, str(status))
@@ -67,20 +67,20 @@ class Metrics:
         if counter is None:
             counter = self._requests[key] = self.requests.labels(*key)
         counter.inc()
-        duration = self._durations.get(model)
+        duration = self._durations.get(key[:2])
         if duration is None:
-            duration = self._durations[model] = self.duration.labels(model)
+            duration = self._durations[key[:2]] = self.duration.labels(model, version)
         duration.observe(seconds)
         self.overhead.observe(overhead)
 
-    def first_token(self, model: str, seconds: float) -> None:
-        histogram = self._ttfts.get(model)
+    def first_token(self, model: str, version: str, seconds: float) -> None:
+        histogram = self._ttfts.get((model, version))
         if histogram is None:
-            histogram = self._ttfts[model] = self.ttft.labels(model)
+            histogram = self._ttfts[(model, version)] = self.ttft.labels(model, version)
         histogram.observe(seconds)
 
-    def backend_error(self, model: str, kind: str) -> None:
-        self.backend_errors.labels(model, kind).inc()
+    def backend_error(self, model: str, version: str, kind: str) -> None:
+        self.backend_errors.labels(model, version, kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -170,7 +170,7 @@ class OpenAIServing:
             if watcher is not None:
                 watcher.stop()
             if isinstance(exc, BackendError):
-                self.metrics.backend_error(model, error_kind(exc))
+                self.metrics.backend_error(model, version, error_kind(exc))
             await self._send_error(send, exc, request_id, version)
             self._done(model, version, exc.status_code, started, perf_counter() - started)
         except ClientDisconnected:
@@ -343,7 +343,7 @@ class OpenAIServing:
                         await self._open_stream(send, call, response.status, overhead, passed)
                     if first_data and b"data:" in block:
                         first_data = False
-                        self.metrics.first_token(call.model, perf_counter() - started)
+                        self.metrics.first_token(call.model, call.version, perf_counter() - started)
                     await send({"type": "http.response.body", "body": block, "more_body": True})
                 if broken is not None:
                     raise broken
@@ -358,7 +358,8 @@ class OpenAIServing:
             if not opened:
                 raise  # nothing sent yet: an ordinary error response with its own status
             # Headers are gone already: report the failure in-band, as OpenAI does.
-            self.metrics.backend_error(call.model, "disconnect" if exc.kind == "connect" else error_kind(exc))
+            kind = "disconnect" if exc.kind == "connect" else error_kind(exc)
+            self.metrics.backend_error(call.model, call.version, kind)
             logger.warning("backend stream for %s failed: %s", call.model, exc.message)
             await _send_error_event(send, exc)
         except Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,9 @@ def test_backend_down_is_502(store: PromptStore, tmp_path: Path) -> None:
         assert_openai_error(post(url, json={**BODY, "model": "unlisted"}), 502)
         assert httpx.get(f"{url}/ready", timeout=5).status_code == 503
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
-        assert 'drpo_backend_errors_total{kind="connect",model="fake-model"} 1.0' in metrics
+        assert re.search(
+            r'drpo_backend_errors_total\{kind="connect",model="fake-model",prompt_version="\w+"\} 1\.0', metrics
+        )
 
 
 def test_slow_backend_is_504(proxy: str, backend: FakeBackend) -> None:

@@ -127,7 +127,7 @@ def test_metrics_series_and_labels(first: FakeBackend, store: PromptStore, tmp_p
     text = response.text
     assert f'drpo_requests_total{{model="{MODEL}",prompt_version="{version}",status="200"}} 1.0' in text
     assert 'drpo_requests_total{model="unknown",prompt_version="none",status="404"} 1.0' in text
-    assert f'drpo_request_duration_seconds_count{{model="{MODEL}"}} 1.0' in text
+    assert f'drpo_request_duration_seconds_count{{model="{MODEL}",prompt_version="{version}"}} 1.0' in text
     assert "drpo_proxy_overhead_seconds_count 2.0" in text
     assert "drpo_injected_prompt_chars_count 1.0" in text
     for name in ("drpo_time_to_first_token_seconds", "drpo_backend_errors_total"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,7 +117,9 @@ def test_connection_dropped_mid_stream_becomes_an_error_event(proxy: str, backen
     assert set(error_event["error"]) == {"message", "type", "param", "code"}
     assert "[DONE]" not in events
     metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
-    assert 'drpo_backend_errors_total{kind="disconnect",model="fake-model"} 1.0' in metrics
+    assert re.search(
+        r'drpo_backend_errors_total\{kind="disconnect",model="fake-model",prompt_version="\w+"\} 1\.0', metrics
+    )
 
 
 def test_openai_client_raises_on_the_error_event(proxy: str, backend: FakeBackend) -> None:
@@ -149,7 +152,7 @@ def test_time_to_first_token_is_recorded(proxy: str, backend: FakeBackend) -> No
     backend.enqueue(stream(chat_chunks(["a"])))
     httpx.post(f"{proxy}/v1/chat/completions", json=BODY, timeout=10)
     metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
-    assert 'drpo_time_to_first_token_seconds_count{model="fake-model"} 1.0' in metrics
+    assert re.search(r'drpo_time_to_first_token_seconds_count\{model="fake-model",prompt_version="\w+"\} 1\.0', metrics)
 
 
 def test_backend_failing_before_its_first_event_gets_a_proper_status(proxy: str, backend: FakeBackend) -> None:
@@ -188,7 +191,9 @@ def test_a_stream_without_done_ends_with_an_error_event(proxy: str, backend: Fak
     assert _last_error(response.text)["code"] == "bad_backend_response"
     assert len(data_events(response.text)) == 5  # role, a, b, stop, error
     metrics = httpx.get(f"{proxy}/metrics", timeout=5).text
-    assert 'drpo_backend_errors_total{kind="bad_response",model="fake-model"} 1.0' in metrics
+    assert re.search(
+        r'drpo_backend_errors_total\{kind="bad_response",model="fake-model",prompt_version="\w+"\} 1\.0', metrics
+    )
 
 
 def test_the_openai_client_raises_api_error_not_connection_error(proxy: str, backend: FakeBackend) -> None:
