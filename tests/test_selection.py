@@ -43,7 +43,12 @@ def test_no_real_match_gets_general_examples_not_library_order() -> None:
 def test_a_block_is_never_mixed(scores: list[float], k: int) -> None:
     chosen = select(scores, LABELS, k, SETTINGS)
     kinds = {LABELS[i] == "refusal" for i in chosen}
-    assert len(kinds) <= 1 and len(chosen) == min(k, 2 if True in kinds else 4)
+    # Pool sizes: 2 refusals; 4 helpful + general; only the 2 general ones when nothing is similar.
+    nothing_similar = max(scores) <= SETTINGS.min_similarity
+    pool = 2 if True in kinds or nothing_similar else 4
+    assert len(kinds) <= 1 and len(chosen) == min(k, pool)
+    if nothing_similar:
+        assert all(LABELS[i] == "general" for i in chosen)
 
 
 def test_new_retrieval_fields_at_their_defaults_keep_version_ids() -> None:
