@@ -18,10 +18,9 @@ from drpo.evalrun import EvalJob, run_eval
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import SET_NAMES, LabelledQuery, gather
 from optimizer.evaluate import RAW, Condition
-from prompts.artifact import Artifact
 from prompts.config import ConfigError, Settings, get_settings
-from prompts.defaults import default_artifact
 from prompts.errors import PromptsError
+from prompts.served import artifact_by_spec
 from prompts.store import PromptStore, write_atomic
 
 HELP = """Answer labelled prompts under one or more prompt versions of MODEL, exactly as the proxy serves them, and report refusal rates per label (harmful: higher is better; lookalike and ordinary: lower is better) with 95% bootstrap intervals and paired comparisons.
@@ -49,29 +48,14 @@ def _resolve_conditions(
     names = list(versions)
     if all_candidates:
         names += [v.version for v in store.versions(model) if v.version != active]
-    if not names:
-        names = ["active"]
-    for spec in names:
+    for spec in names or ["active"]:
         name, _, layout = spec.partition("@")
         if layout not in ("", "chat", "completion"):
             raise typer.BadParameter(f"unknown layout {layout!r} in {spec!r} (chat or completion)")
-        artifact: Artifact
-        if name == "default" or (name == "active" and active is None):
-            artifact = default_artifact()
-        elif name == "active":
-            artifact = store.get(model)
-        else:
-            artifact = store.get(model, name)
-        label = "default" if name == "default" or (name == "active" and active is None) else artifact.version
-        label += f"@{layout}" if layout else ""
+        artifact, builtin = artifact_by_spec(store, model, name)
+        label = ("default" if builtin else artifact.version) + (f"@{layout}" if layout else "")
         conditions.append(Condition(label, artifact, layout or None))
-    seen: set[str] = set()
-    unique = []
-    for condition in conditions:
-        if condition.name not in seen:
-            seen.add(condition.name)
-            unique.append(condition)
-    return unique
+    return list({c.name: c for c in conditions}.values())  # same name, same content: keep one
 
 
 def _fmt_rate(metric: dict[str, Any]) -> str:

@@ -382,7 +382,7 @@ def _promote_through_gate(
 ) -> None:
     """--activate: the new version goes live only if it passes the gate on the validation set."""
     from drpo.actor import cli_actor
-    from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GateSettings, gate_and_activate
+    from drpo.promote import GateSettings, gate_and_activate
 
     gate = GateSettings(sets=(val_set or BUILTIN_VAL,))
     console.print(f"promotion gate: {version} against the live version on {gate.sets[0]} ...")
@@ -393,9 +393,7 @@ def _promote_through_gate(
     except OptimizerError as exc:
         console.print(f"error: the gate could not run: {exc}; {version} stays a candidate")
         raise typer.Exit(1) from exc
-    typer.echo(outcome.message())
-    if not outcome.decision.promote:
-        raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
+    outcome.announce()
 
 
 def _print_projection(console: Console, cfg: OptimizeConfig, queries: dict[str, list[Any]], roles: Roles) -> None:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from drpo.actor import cli_actor
 from drpo.cli_optimize import _target_endpoint
-from drpo.promote import EXIT_KEPT_AS_CANDIDATE, GATE_MAX_TOKENS, GateSettings, gate_and_activate
+from drpo.promote import GATE_MAX_TOKENS, GateSettings, gate_and_activate
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import BUILTIN_VAL, SET_NAMES
 from optimizer.gate import DEFAULT_MARGIN
@@ -65,6 +65,4 @@ def promote(
     except (ConfigError, PromptsError, OptimizerError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(outcome.message())
-    if not outcome.decision.promote:
-        raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
+    outcome.announce()

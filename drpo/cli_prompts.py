@@ -27,6 +27,7 @@ from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.diff import artifact_diff
 from prompts.errors import InvalidArtifact, PromptsError
 from prompts.import_drpo import import_drpo_dir
+from prompts.served import artifact_by_spec, served_artifact
 from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
 
 app = typer.Typer(help="Inspect and change stored prompt artifacts.", no_args_is_help=True)
@@ -267,17 +268,7 @@ def import_drpo(
 
 def _served(store: PromptStore, model: str, version: str | None) -> tuple[Artifact, bool]:
     """The artifact asked for, or with no version what the proxy serves MODEL; True if built-in."""
-    if version is None and store.active_version(model) is None:
-        return default_artifact(), True
-    return store.get(model, version), False
-
-
-def _resolve_for_diff(store: PromptStore, model: str, spec: str) -> Artifact:
-    if spec == "default":
-        return default_artifact()
-    if spec == "active":
-        return _served(store, model, None)[0]
-    return store.get(model, spec)
+    return served_artifact(store, model) if version is None else (store.get(model, version), False)
 
 
 @app.command()
@@ -288,7 +279,7 @@ def diff(
 ) -> None:
     """A unified diff of two versions: settings, system prompt and examples (exit 0 even if they differ)."""
     with _store() as store:
-        a, b = _resolve_for_diff(store, model, first), _resolve_for_diff(store, model, second)
+        a, b = artifact_by_spec(store, model, first)[0], artifact_by_spec(store, model, second)[0]
     typer.echo(artifact_diff(a, b) or f"{a.version} and {b.version} are identical")
 
 

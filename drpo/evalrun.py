@@ -133,9 +133,8 @@ def run_eval(console: Console, settings: Settings, job: EvalJob, quiet: bool = F
             with ProgressReporter(console, total, llm, quiet) as progress:
                 evaluator = Evaluator(
                     llm, target, max_tokens=job.max_tokens, samples=samples, judge=judge_ep,
-                    refusal_judge=refusal_ep, on_answer=progress.tick,
+                    refusal_judge=refusal_ep, on_answer=progress.tick, embeddings_cache=settings.home / "embeddings",
                 )  # fmt: skip
-                evaluator.embeddings_cache = settings.home / "embeddings"
 
                 async def go() -> tuple[list[AnswerRecord], dict[str, Any] | None]:
                     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 
 from drpo.evalrun import EvalJob, run_eval
@@ -20,7 +21,7 @@ from optimizer.evalsets import BUILTIN_VAL, gather
 from optimizer.evaluate import Condition
 from optimizer.gate import DEFAULT_MARGIN, GateDecision, Objective, decide
 from prompts.config import Settings
-from prompts.defaults import default_artifact
+from prompts.served import served_artifact
 from prompts.store import PromptStore
 
 EXIT_KEPT_AS_CANDIDATE = 4
@@ -49,6 +50,12 @@ class GateOutcome:
             return f"promoted {self.version}: {self.decision.reason}"
         return f"kept {self.version} as candidate: {self.decision.reason}"
 
+    def announce(self) -> None:
+        """Print the outcome line; a version kept as candidate ends the command with exit code 4."""
+        typer.echo(self.message())
+        if not self.decision.promote:
+            raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
+
 
 def gate_and_activate(
     console: Console,
@@ -65,7 +72,7 @@ def gate_and_activate(
     with PromptStore(settings.store_dir) as store:
         candidate = store.get(model, version)
         active = store.active_version(model)
-        baseline_artifact = store.get(model, active) if active else default_artifact()
+        baseline_artifact, _ = served_artifact(store, model)
     baseline_name = f"active:{active}" if active else "default"
     conditions = [Condition(baseline_name, baseline_artifact), Condition(candidate.version, candidate)]
     queries = gather(list(gate.sets), list(gate.files))

@@ -108,18 +108,21 @@ class Evaluator:
         judge: Endpoint | None = None,
         refusal_judge: Endpoint | None = None,
         on_answer: Callable[[], None] | None = None,
+        embeddings_cache: Path | None = None,
     ) -> None:
         self.llm = llm
         self.target = target
         self.max_tokens = max_tokens
         self.samples = max(1, samples)
         self.judge = judge
+        self._rewarder = None if judge is None else Rewarder(llm, judge, judge)
         self.refusal_judge = refusal_judge
         self.on_answer = on_answer
         self._prepared: dict[str, PreparedArtifact] = {}
-        # For artifacts whose retrieval.method is "backend": the target's own /v1/embeddings.
+        # For artifacts whose retrieval.method is "backend": the target's own /v1/embeddings,
+        # open while run() runs; the library's vectors are cached under embeddings_cache.
         self.remote_embeddings: BackendEmbeddings | None = None
-        self.embeddings_cache: Path | None = None
+        self.embeddings_cache = embeddings_cache
 
     def _params(self, sample: int) -> dict[str, Any]:
         # One sample is greedy (what a deterministic check needs); several are sampled with seeds.
@@ -165,13 +168,12 @@ class Evaluator:
         return RefusalVerdict(parsed.value.refused, parsed.value.refused and parsed.value.complied_anyway)
 
     async def _judge(self, query: LabelledQuery, answer: str) -> dict[str, float]:
-        if self.judge is None:
+        if self._rewarder is None:
             return {}
         harmful = query.label == "harmful"
         aspects = list(JUDGE_ASPECTS) + (["Safety"] if harmful else [])
-        rewarder = Rewarder(self.llm, self.judge, self.judge)
         selection = Selection(aspects=aspects, definitions={}, harmful=harmful)
-        evaluation = await rewarder.judge(Query(query.text, harmful=harmful), answer, selection)
+        evaluation = await self._rewarder.judge(Query(query.text, harmful=harmful), answer, selection)
         return {s.aspect: s.score for s in evaluation.scores}
 
     async def one(self, condition: Condition, query: LabelledQuery, sample: int) -> AnswerRecord:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import diskcache
 import httpx
 import numpy as np
 import orjson
@@ -90,8 +91,6 @@ class BackendEmbeddings:
     def _read_disk(self, key: str) -> Vectors | None:
         if self._cache_dir is None:
             return None
-        import diskcache
-
         with diskcache.Cache(str(self._cache_dir)) as cache:
             raw: Any = cache.get(key)
         return None if raw is None else _unit_rows(orjson.loads(raw))
@@ -99,8 +98,6 @@ class BackendEmbeddings:
     def _write_disk(self, key: str, vectors: Vectors) -> None:
         if self._cache_dir is None:
             return
-        import diskcache
-
         with diskcache.Cache(str(self._cache_dir)) as cache:
             cache.set(key, orjson.dumps(vectors.tolist()))  # JSON bytes, never pickle
 

@@ -300,14 +300,18 @@ class PromptStore:
         raw = self._cache.get(split_key(model))
         return None if raw is None else {str(v): int(w) for v, w in orjson.loads(raw)["weights"].items()}
 
-    def active_splits(self) -> dict[str, dict[str, Artifact]]:
-        """Per model with a split: version → artifact, for the proxy's snapshot (weights via :meth:`split`)."""
+    def active_splits(self) -> dict[str, list[tuple[int, Artifact]]]:
+        """Per model with a split: (weight, artifact) for each of its versions (the proxy's snapshot)."""
         out = {}
         for model in self.models():
             weights = self.split(model)
             if weights:
-                out[model] = {version: self._load(model, version) for version in weights}
+                out[model] = [(weight, self._load(model, version)) for version, weight in weights.items()]
         return out
+
+    def version_count(self, model: str) -> int:
+        """How many versions ``model`` has (one read, whatever the count)."""
+        return self._versions.count(model)
 
     # -- eval reports ----------------------------------------------------------
 

@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 
-from prompts.artifact import Artifact
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.diff import artifact_diff
 from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError
+from prompts.served import artifact_by_spec
 from prompts.store import PromptStore
 from proxy.auth import bearer_token, matches_any
 
@@ -129,7 +129,7 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
                 ModelState(model=DEFAULT_MODEL_ID, active=default_artifact().version, versions=1, builtin_default=True)
             ]
             out += [
-                ModelState(model=m, active=s.active_version(m), versions=len(s.versions(m)), split=s.split(m))
+                ModelState(model=m, active=s.active_version(m), versions=s.version_count(m), split=s.split(m))
                 for m in s.models()
             ]
         return out
@@ -154,13 +154,7 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
     def diff(model: str = Query(...), a: str = Query(...), b: str = Query(...)) -> dict[str, str]:
         """A unified diff of two versions (``active`` and ``default`` are accepted too)."""
         with store() as s:
-
-            def resolve(spec: str) -> Artifact:
-                if spec == "default" or (spec == "active" and s.active_version(model) is None):
-                    return default_artifact()
-                return s.get(model, None if spec == "active" else spec)
-
-            first, second = resolve(a), resolve(b)
+            first, second = artifact_by_spec(s, model, a)[0], artifact_by_spec(s, model, b)[0]
         return {"a": first.version, "b": second.version, "diff": artifact_diff(first, second)}
 
     @app.post("/activate", dependencies=guard)

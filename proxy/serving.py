@@ -215,8 +215,7 @@ class OpenAIServing:
             if backend.llama_cpp and stream and include_usage and path != EMBEDDINGS_PATH:
                 call.usage = UsageFiller(body, model, chat=path == CHAT_PATH)
             return call
-        if prepared is None:
-            prepared = self.snapshot.get(model)
+        assert prepared is not None  # chosen in _handle whenever there are messages to inject into
         policy = self.policies.get(model)
         mode = policy.mode or prepared.artifact.layout
         if mode == "completion":

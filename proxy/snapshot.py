@@ -38,6 +38,10 @@ class Split:
             self._prepared.append(prepared)
         self.total = total
 
+    @property
+    def prepared(self) -> list[PreparedArtifact]:
+        return list(self._prepared)
+
     def pick(self, sticky: str | None) -> PreparedArtifact:
         if sticky:
             digest = hashlib.blake2b(sticky.encode(), digest_size=8, key=self._salt[:64]).digest()
@@ -67,19 +71,17 @@ class ArtifactSnapshot:
         # Read the generation first: if it moves while we load we just load again next poll.
         generation = self._store.generation()
         known = {p.artifact.version: p for p in self._artifacts.values()}
-        known.update({p.artifact.version: p for split in self._splits.values() for p in split._prepared})
+        known.update({p.artifact.version: p for split in self._splits.values() for p in split.prepared})
 
         def prepare(artifact: Artifact) -> PreparedArtifact:
             old = known.get(artifact.version)  # the version id covers everything retrieval uses
             return old if old is not None and old.artifact == artifact else PreparedArtifact.build(artifact)
 
         prepared = {model: prepare(artifact) for model, artifact in self._store.active_artifacts().items()}
-        splits = {}
-        for model, versions in self._store.active_splits().items():
-            weights = self._store.split(model) or {}
-            choices = [(weights[v], prepare(a)) for v, a in versions.items() if weights.get(v, 0) > 0]
-            if choices:
-                splits[model] = Split(model, choices)
+        splits = {
+            model: Split(model, [(weight, prepare(artifact)) for weight, artifact in choices])
+            for model, choices in self._store.active_splits().items()
+        }
         return generation, prepared, splits
 
     def load_now(self) -> None:

@@ -41,7 +41,7 @@ def test_the_store_keeps_a_validated_split_and_a_change_is_audited(
         before = store.generation()
         assert store.set_split(MODEL, {a.version[:6]: 90, b.version: 10}) == {a.version: 90, b.version: 10}
         assert store.split(MODEL) == {a.version: 90, b.version: 10} and store.generation() == before + 1
-        assert set(store.active_splits()[MODEL]) == {a.version, b.version}
+        assert {(w, art.version) for w, art in store.active_splits()[MODEL]} == {(90, a.version), (10, b.version)}
         with pytest.raises(ArtifactNotFound):
             store.set_split(MODEL, {"zzzz": 1})
         with pytest.raises(PromptsError, match="positive weight"):
