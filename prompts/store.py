@@ -18,6 +18,11 @@ why every value is inline in SQLite, nothing is evicted and no value grows):
 - ``["split", model]`` → ``{"weights": {version: weight}}``: an A/B split over versions (replaced
   as a whole; it never grows with history). While set, requests for the model are spread over
   these versions instead of the active one.
+- ``["refresh-run", model, seq]`` → a finished background refresh (``drpo worker``): start, end,
+  outcome, scores, calls and tokens, the versions involved; count in ``["count", "refresh-run", model]``.
+- ``["refresh-current", model]`` → the refresh run in progress for a model (at most one), replaced as
+  it advances and deleted in the transaction that appends its finished record; a worker that was
+  killed finds it on restart and resumes that run. ``["refresh-models"]`` lists models with runs.
 - ``["active", model]`` → the active version id.
 - ``["models"]`` → sorted JSON list of model ids with at least one version.
 - ``["generation"]`` → counter bumped on every change of an active pointer.
@@ -37,6 +42,7 @@ a change with one cheap read instead of reloading every artifact.
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +60,7 @@ from prompts.store_layout import (
     AppendLog,
     active_key,
     artifact_key,
+    key,
     load_json,
     open_cache,
     split_key,
@@ -112,6 +119,7 @@ class PromptStore:
         self._history = AppendLog(self._cache, "history")
         self._reports = AppendLog(self._cache, "eval-report")
         self._audit = AppendLog(self._cache, "audit")
+        self._refreshes = AppendLog(self._cache, "refresh-run")
         self.actor = actor  # who changes go on record as; None: no audit entries
 
     def close(self) -> None:
@@ -331,6 +339,68 @@ class PromptStore:
                 out.append({"id": f"{model}#{seq}", **record})
         return out
 
+    # -- background refresh runs -------------------------------------------------
+
+    def begin_refresh(self, model: str, **fields: Any) -> dict[str, Any]:
+        """Record that a refresh of ``model`` started; fails if one is already in progress."""
+        with self._cache.transact():
+            if self._cache.get(_refresh_current_key(model)) is not None:
+                raise PromptsError(f"a refresh of {model!r} is already in progress")
+            record = {
+                "id": f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}",
+                "model": model,
+                "started_at": _now(),
+                "ended_at": None,
+                "outcome": "running",
+                **fields,
+            }
+            self._cache.set(_refresh_current_key(model), orjson.dumps(record))
+            models = self.refresh_models()
+            if model not in models:
+                self._cache.set(_REFRESH_MODELS_KEY, orjson.dumps(sorted([*models, model])))
+        return record
+
+    def update_refresh(self, model: str, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the run in progress (e.g. the optimizer's run id once known)."""
+        with self._cache.transact():
+            current = self.current_refresh(model)
+            if current is None:
+                raise PromptsError(f"no refresh of {model!r} is in progress")
+            record = {**current, **fields}
+            self._cache.set(_refresh_current_key(model), orjson.dumps(record))
+        return record
+
+    def finish_refresh(self, model: str, outcome: str, **fields: Any) -> dict[str, Any]:
+        """Close the run in progress with ``outcome``; its record moves to the model's run log."""
+        with self._cache.transact():
+            current = self.current_refresh(model)
+            if current is None:
+                raise PromptsError(f"no refresh of {model!r} is in progress")
+            record = {**current, **fields, "outcome": outcome, "ended_at": _now()}
+            self._refreshes.append(model, record)
+            self._cache.delete(_refresh_current_key(model))
+        return record
+
+    def current_refresh(self, model: str) -> dict[str, Any] | None:
+        raw = self._cache.get(_refresh_current_key(model))
+        return None if raw is None else dict(orjson.loads(raw))
+
+    def refresh_runs(self, model: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Finished runs of ``model``, newest first (at most ``limit``), after the one in progress."""
+        count = self._refreshes.count(model)
+        first = max(1, count - limit + 1) if limit else 1
+        out = [r for r in (self._refreshes.get(model, seq) for seq in range(count, first - 1, -1)) if r is not None]
+        current = self.current_refresh(model)
+        return ([current] if current else []) + out
+
+    def last_refresh(self, model: str) -> dict[str, Any] | None:
+        """The newest run of ``model``: the one in progress, else the last finished one."""
+        last = self._refreshes.last(model)
+        return self.current_refresh(model) or (last[1] if last else None)
+
+    def refresh_models(self) -> list[str]:
+        return [str(name) for name in load_json(self._cache, _REFRESH_MODELS_KEY, [])]
+
     # -- import / export -------------------------------------------------------
 
     def export(self, model: str, path: Path, version: str | None = None) -> Artifact:
@@ -344,6 +414,13 @@ class PromptStore:
         except OSError as exc:
             raise InvalidArtifact(f"cannot read {path}: {exc.strerror or exc}") from exc
         return self.put(parse_artifact(raw, str(path)), activate=activate)
+
+
+_REFRESH_MODELS_KEY = key("refresh-models")
+
+
+def _refresh_current_key(model: str) -> str:
+    return key("refresh-current", model)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -478,3 +478,26 @@ def test_a_store_from_a_newer_release_is_refused(tmp_path: Path) -> None:
         raw.set(json.dumps(["schema"]), 99)
     with pytest.raises(PromptsError, match="newer"):
         PromptStore(tmp_path / "s")
+
+
+def test_refresh_runs_move_from_in_progress_to_the_log(tmp_path: Path) -> None:
+    with PromptStore(tmp_path / "store") as store:
+        assert store.refresh_runs("m") == [] and store.last_refresh("m") is None
+        started = store.begin_refresh("m", trigger="schedule")
+        with pytest.raises(PromptsError, match="already in progress"):
+            store.begin_refresh("m")
+        store.update_refresh("m", optimizer_run="run-1")
+        assert store.current_refresh("m") == {**started, "optimizer_run": "run-1"}
+        done = store.finish_refresh("m", "promoted", candidate="abc")
+        assert done["outcome"] == "promoted" and done["ended_at"] and done["optimizer_run"] == "run-1"
+        assert store.current_refresh("m") is None
+        second = store.begin_refresh("m")
+        runs = store.refresh_runs("m")
+        assert [r["id"] for r in runs] == [second["id"], started["id"]]
+        store.finish_refresh("m", "failed")
+        assert [r["outcome"] for r in store.refresh_runs("m", limit=1)] == ["failed"]
+        third = store.begin_refresh("m")
+        assert store.last_refresh("m") == third
+        assert store.refresh_models() == ["m"]
+        with pytest.raises(PromptsError, match="no refresh"):
+            store.update_refresh("other", x=1)
