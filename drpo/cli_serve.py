@@ -1,8 +1,10 @@
 """`drpo serve`: the proxy, in front of configured backends or the embedded one.
 
 Start-up order: settings and config file (errors: exit 2), the bind check (a
-non-loopback address needs client keys or ``--insecure``: exit 2), then, when no
-backend is configured anywhere, the embedded llama.cpp backend as a child process.
+non-loopback address needs client keys or ``--insecure``: exit 2), then the managed
+backend as a child process: with ``--engine vllm --model ID``, ``vllm serve ID``; else,
+when no backend is configured anywhere, the embedded llama.cpp backend. ``--layout``
+sets how the managed model is prompted (``completion`` for a base model).
 The child is stopped on every way out (normal exit, Ctrl-C, SIGTERM, a crash in the
 proxy) because it lives in a ``with`` block and SIGTERM is turned into an exception.
 """
@@ -20,9 +22,10 @@ from types import FrameType
 import typer
 from pydantic import SecretStr, ValidationError
 
-from drpo.embedded import EmbeddedBackend, EmbeddedBackendError
+from drpo.child_server import ServerLaunchError
+from drpo.engines import Engine, LayoutOption, check_engine_options, log_path, managed_backend, served_model_id
+from prompts.artifact import Layout
 from prompts.config import (
-    EMBEDDED_MODEL_ID,
     BackendConfig,
     ConfigError,
     FileConfig,
@@ -133,6 +136,32 @@ def needs_embedded_backend(settings: Settings, file_config: FileConfig) -> bool:
     return not settings.backend_url and not file_config.backends
 
 
+def check_managed(
+    settings: Settings, file_config: FileConfig, engine: Engine, model: str | None, extra_args: list[str]
+) -> bool:
+    """Whether a managed backend will start; :class:`ServeConfigError` for options that contradict."""
+    try:
+        check_engine_options(engine, model, extra_args)
+    except ServerLaunchError as exc:
+        raise ServeConfigError(str(exc)) from exc
+    if engine is Engine.VLLM:
+        if settings.backend_url:
+            raise ServeConfigError(
+                "--engine vllm starts its own backend: drop --backend (or DRPO_BACKEND_URL), "
+                "or list other backends in the config file"
+            )
+        return True
+    return needs_embedded_backend(settings, file_config)
+
+
+def with_layout(file_config: FileConfig, model_id: str, layout: Layout | None) -> FileConfig:
+    """``file_config`` with the managed model's mode set by ``--layout`` (other options kept)."""
+    if layout is None:
+        return file_config
+    options = file_config.options_for(model_id).model_copy(update={"mode": layout})
+    return file_config.model_copy(update={"models": {**file_config.models, model_id: options}})
+
+
 class _Terminated(Exception):
     """SIGTERM, raised as an exception so ``with`` blocks clean up."""
 
@@ -142,16 +171,22 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 
 @contextlib.contextmanager
-def _embedded_if_needed(settings: Settings, file_config: FileConfig) -> Iterator[Settings]:
-    if not needs_embedded_backend(settings, file_config):
+def _managed_if_needed(
+    settings: Settings, engine: Engine, model: str | None, extra_args: list[str], start: bool
+) -> Iterator[Settings]:
+    if not start:
         yield settings
         return
-    log_path = settings.home / "logs" / "embedded-backend.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"no backend configured: starting the embedded backend ({EMBEDDED_MODEL_ID}) ...")
-    with EmbeddedBackend(log_path=log_path) as backend:
-        typer.echo(f"embedded backend ready at {backend.base_url} (log: {log_path})")
-        yield settings.model_copy(update={"backend_url": backend.base_url})
+    log = log_path(settings.home, engine)
+    server = managed_backend(engine, model, extra_args, log=log)
+    model_id = served_model_id(engine, model)
+    reason = "" if engine is Engine.VLLM else "no backend configured: "
+    typer.echo(f"{reason}starting the {server.name} ({model_id}) ...")
+    with server:
+        typer.echo(f"{server.name} ready at {server.base_url} (log: {log})")
+        # vLLM's dialect is known, not guessed; the embedded server is recognised from its /v1/models.
+        kind = "vllm" if engine is Engine.VLLM else settings.backend_kind
+        yield settings.model_copy(update={"backend_url": server.base_url, "backend_kind": kind})
 
 
 def _describe_backends(settings: Settings, file_config: FileConfig) -> str:
@@ -177,11 +212,27 @@ def serve(
         False, "--insecure", help="Allow a non-loopback address without client keys (DRPO_API_KEYS)."
     ),
     log_level: str | None = typer.Option(None, "--log-level", help="debug, info, warning, error."),
+    engine: Engine = typer.Option(
+        Engine.LLAMACPP,
+        "--engine",
+        help="Managed backend: llamacpp (embedded, when no backend is configured) or vllm (`vllm serve --model`).",
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="With --engine vllm: the Hugging Face id or path to serve (also its model id)."
+    ),
+    layout: LayoutOption | None = typer.Option(
+        None, "--layout", help="How the managed model is prompted: chat, or completion for a base model."
+    ),
+    extra_args: list[str] = typer.Argument(
+        None, metavar="[-- VLLM_ARGS...]", help="With --engine vllm: arguments passed to `vllm serve` unchanged."
+    ),
 ) -> None:
     """Serve DRPO-aligned models behind an OpenAI-compatible API.
 
-    With no backend configured, starts the embedded llama.cpp backend (SmolLM2-135M-Instruct) and stops it on exit.
+    With no backend configured, starts the embedded llama.cpp backend (SmolLM2-135M-Instruct) and stops it on exit;
+    with --engine vllm --model ID, starts `vllm serve ID` instead.
     """
+    extra_args = extra_args or []
     try:
         settings, file_config = resolve_settings(
             get_settings(),
@@ -193,6 +244,13 @@ def serve(
             log_level=log_level,
         )
         check_bind(settings.host, bool(settings.api_keys), insecure)
+        start_managed = check_managed(settings, file_config, engine, model, extra_args)
+        if layout is not None:
+            if not start_managed:
+                raise ServeConfigError(
+                    "--layout applies to the managed backend's model; set models.<id>.mode in the config file instead"
+                )
+            file_config = with_layout(file_config, served_model_id(engine, model), layout.layout)
     except ValidationError as exc:
         typer.echo(f"error: invalid DRPO_* environment: {exc.errors()[0].get('msg', exc)}", err=True)
         raise typer.Exit(EXIT_CONFIG) from exc
@@ -211,7 +269,10 @@ def serve(
 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        with _embedded_if_needed(settings, file_config) as live, PromptStore(live.store_dir) as store:
+        with (
+            _managed_if_needed(settings, engine, model, extra_args, start_managed) as live,
+            PromptStore(live.store_dir) as store,
+        ):
             try:
                 app = create_app(live, file_config, store)
             except ValueError as exc:
@@ -225,7 +286,7 @@ def serve(
                     "warning: --insecure: no client keys, anyone who can reach this address may use it", err=True
                 )
             run(app, live.host, live.port, live.log_level.lower(), ServerLimits.from_settings(live))
-    except EmbeddedBackendError as exc:
+    except ServerLaunchError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     except (_Terminated, KeyboardInterrupt):
