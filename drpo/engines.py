@@ -14,7 +14,7 @@ from pathlib import Path
 
 from drpo.child_server import ChildServer, ServerLaunchError
 from drpo.embedded import EmbeddedBackend
-from drpo.vllm_backend import VLLMBackend
+from drpo.vllm_backend import VLLMBackend, VLLMBackendError
 from prompts.artifact import Layout
 from prompts.config import EMBEDDED_MODEL_ID
 
@@ -42,7 +42,7 @@ def check_engine_options(engine: Engine, model: str | None, extra_args: Sequence
     """Options that only make sense for vLLM; raises :class:`ServerLaunchError` with the fix."""
     if engine is Engine.VLLM:
         if not model:
-            raise ServerLaunchError("--engine vllm needs --model (a Hugging Face id or a local path)")
+            raise VLLMBackendError("--engine vllm needs --model (a Hugging Face id or a local path)")
         return
     if model and model != EMBEDDED_MODEL_ID:
         raise ServerLaunchError(
