@@ -14,6 +14,17 @@ Chat layout::
 Examples go in as real user/assistant turns rather than inside the system text: small
 chat models imitate prior turns much more reliably than they follow instructions.
 
+The order is also the one that caches best. Servers with automatic prefix caching (vLLM,
+and llama.cpp's slot cache) reuse the computed attention state of the longest token
+prefix a request shares with an earlier one. So the parts go from the most to the least
+shared: our system prompt (the same for every request to a model version), the client's
+system text (the same for every request of one application), the retrieved examples
+(the same for similar queries), and last the conversation. Putting the examples or the
+client's text first would make every request's prefix differ from the first tokens on.
+The price: the examples follow the *latest* user message, so a multi-turn conversation's
+earlier turns sit behind a block that may change from turn to turn and are recomputed.
+``bench/injected_tokens.py`` measures the stable share (BENCHMARKS.md).
+
 Completion layout (base models without a chat template): one raw prompt made of the
 instructions, then ``# Query:`` / ``# Answer:`` blocks for each example and each turn of
 the conversation, the last answer opened with :data:`START_MARKER`; generation stops at

@@ -13,7 +13,8 @@ fetched with httpx and cached for ``models_cache_ttl``. A stale list is served w
 background refresh runs; an unknown name forces a refresh at most once per second.
 
 The same fetch tells a backend's kind when it is configured as ``auto``
-(:func:`proxy.llamacpp.detect_kind`); ``Backend.llama_cpp`` is what the hot path reads.
+(:func:`proxy.llamacpp.detect_kind`); ``Backend.llama_cpp`` and ``Backend.vllm`` are what
+the hot path reads.
 llama-cpp-python's server serialises *every* request, ``/v1/models`` included, on one
 lock, and by default a waiting request cuts the running stream short (it just sends
 ``[DONE]``). So a llama.cpp backend is never asked for its models while the proxy has a
@@ -58,6 +59,7 @@ class Backend:
     last_error: str | None = None
     refreshing: asyncio.Task[None] | None = None
     llama_cpp: bool = False  # needs the llama.cpp fixes (configured, or detected from /v1/models)
+    vllm: bool = False  # speaks vLLM's dialect (configured, or detected from /v1/models)
     in_flight: int = 0  # requests the proxy is forwarding to it right now
 
     @property
@@ -67,6 +69,7 @@ class Backend:
 
     def __post_init__(self) -> None:
         self.llama_cpp = self.kind == "llamacpp"
+        self.vllm = self.kind == "vllm"
 
     @property
     def auth_header(self) -> bytes | None:
@@ -184,10 +187,12 @@ class Router:
         backend.entries = entries
         backend.model_ids = frozenset(e["id"] for e in entries)
         if backend.kind == "auto":
-            llama_cpp = detect_kind(entries) == "llamacpp"
+            detected = detect_kind(entries)
+            llama_cpp = detected == "llamacpp"
             if llama_cpp != backend.llama_cpp:
                 logger.info("backend %s: llama.cpp compatibility %s", backend.name, "on" if llama_cpp else "off")
             backend.llama_cpp = llama_cpp
+            backend.vllm = detected == "vllm"
         backend.fetched_at = time.monotonic()
         backend.last_error = None
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from prompts.dialects import rewrite_json_object_schema_format, vllm_completion_format
 from prompts.layout import PreparedArtifact, latest_user_text
 from prompts.remote_embeddings import BackendEmbeddings
 from prompts.retrieval import Scores
@@ -209,7 +210,7 @@ class OpenAIServing:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         if messages is None:  # bypass or a pass-through endpoint: the bytes go as they came
-            if backend.llama_cpp and path == CHAT_PATH and "response_format" in body and rewrite_response_format(body):
+            if _fix_response_format(backend, path, body):
                 raw = _encode(body)
             call = _Call(request_id, id_is_uuid, model, NO_VERSION, path, raw, stream, False, include_usage)
             if backend.llama_cpp and stream and include_usage and path != EMBEDDINGS_PATH:
@@ -221,11 +222,12 @@ class OpenAIServing:
         if mode == "completion":
             out, chars = completion_body(body, messages, prepared, policy, scores)
             path, translate = COMPLETIONS_PATH, True
+            if backend.vllm and (structured := vllm_completion_format(body)) is not None:
+                out["response_format"] = structured  # vLLM's /v1/completions honours it
         else:
             chars = inject_chat(body, messages, prepared, policy, scores)
             out, translate = body, False
-            if backend.llama_cpp and "response_format" in body:
-                rewrite_response_format(body)
+            _fix_response_format(backend, CHAT_PATH, body)
         self.metrics.injected_chars.observe(chars)
         payload = _encode(out)
         version = prepared.artifact.version
@@ -431,6 +433,17 @@ def usable_request_id(value: bytes | None) -> bytes | None:
     if value is None or len(value) > MAX_REQUEST_ID_LENGTH or _VISIBLE_ASCII.fullmatch(value) is None:
         return None
     return value
+
+
+def _fix_response_format(backend: Backend, path: bytes, body: dict[str, Any]) -> bool:
+    """Put a structured-output request in the backend's dialect, in place; whether it changed."""
+    if "response_format" not in body:
+        return False
+    if backend.llama_cpp:
+        return path == CHAT_PATH and rewrite_response_format(body)
+    if backend.vllm:
+        return path != EMBEDDINGS_PATH and rewrite_json_object_schema_format(body)
+    return False
 
 
 def _encode(body: Any) -> bytes:
