@@ -37,13 +37,20 @@ Every change runs inside one ``cache.transact()``, one SQLite transaction with n
 outside the database, so a reader in another process, or the store after a crash, sees
 the state before a change or after it, never a mix. ``generation`` lets the proxy notice
 a change with one cheap read instead of reloading every artifact.
+
+With a shared registry (``registry: redis://...`` in the config file or ``DRPO_REGISTRY_URL``;
+open the store with :func:`open_store`), the store is a mirror of Redis and every change is
+published to it in that same transaction (``prompts/registry.py``); no method here knows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,11 +60,14 @@ import orjson
 from pydantic import ValidationError
 
 from prompts.artifact import Artifact
-from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack, PromptsError
+from prompts.config import FileConfig, Settings
+from prompts.errors import ArtifactNotFound, InvalidArtifact, NothingToRollBack, PromptsError, RegistryUnavailable
+from prompts.registry import Registry
 from prompts.store_layout import (
     GENERATION_KEY,
     MODELS_KEY,
     AppendLog,
+    JournalingCache,
     active_key,
     artifact_key,
     key,
@@ -67,6 +77,8 @@ from prompts.store_layout import (
     version_index_key,
 )
 from prompts.store_migrate import ensure_schema, version_summary
+
+logger = logging.getLogger(__name__)
 
 
 def _now() -> str:
@@ -106,7 +118,7 @@ def validation_summary(exc: ValidationError, limit: int = 3) -> str:
 class PromptStore:
     """Immutable artifact versions with one active version per model id."""
 
-    def __init__(self, directory: Path | str, actor: str | None = None) -> None:
+    def __init__(self, directory: Path | str, actor: str | None = None, registry: Registry | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cache = open_cache(self.directory)
@@ -121,9 +133,28 @@ class PromptStore:
         self._audit = AppendLog(self._cache, "audit")
         self._refreshes = AppendLog(self._cache, "refresh-run")
         self.actor = actor  # who changes go on record as; None: no audit entries
+        self.registry = registry  # with one, every change is published to it (or refused)
 
     def close(self) -> None:
         self._cache.close()
+
+    @contextmanager
+    def _change(self) -> Iterator[None]:
+        """One change: a local transaction, published to the registry in it when there is one."""
+        if self.registry is None:
+            with self._cache.transact():
+                yield
+        else:
+            with self.registry.change(self._cache):
+                yield
+
+    def sync_registry(self) -> str | None:
+        """Catch up with the registry now (None without one); raises :class:`RegistryUnavailable`."""
+        return None if self.registry is None else self.registry.sync(self._cache)
+
+    def follower_cache(self) -> JournalingCache:
+        """The cache a :class:`prompts.registry.RegistryFollower` keeps in step."""
+        return self._cache
 
     def __enter__(self) -> PromptStore:
         return self
@@ -205,7 +236,7 @@ class PromptStore:
     def put(self, artifact: Artifact, activate: bool = False) -> Artifact:
         """Store an artifact version (idempotent: same content, same version)."""
         model = artifact.model
-        with self._cache.transact():
+        with self._change():
             if self._cache.get(version_index_key(model, artifact.version)) is None:
                 self._record_audit("import", model, artifact.version)
                 self._cache.set(artifact_key(model, artifact.version), artifact.to_json())
@@ -220,7 +251,7 @@ class PromptStore:
 
     def activate(self, model: str, version: str, action: str = "activate") -> str:
         """Make ``version`` active; ``action`` names how in the history and audit log (e.g. "promote")."""
-        with self._cache.transact():
+        with self._change():
             resolved = self._resolve_version(model, version)
             self._activate_locked(model, resolved, action)
         return resolved
@@ -257,7 +288,7 @@ class PromptStore:
         Activations form a stack and a rollback pops it, so repeated rollbacks walk
         further back (C → B → A) instead of toggling between the last two versions.
         """
-        with self._cache.transact():
+        with self._change():
             current = self.active_version(model)
             if current is None:
                 raise NothingToRollBack(f"model {model!r} has no active version to roll back from")
@@ -276,7 +307,7 @@ class PromptStore:
         return target
 
     def deactivate(self, model: str) -> None:
-        with self._cache.transact():
+        with self._change():
             self._record_audit("deactivate", model, None)
             self._cache.delete(active_key(model))
             self._cache.set(GENERATION_KEY, self.generation() + 1)
@@ -287,7 +318,7 @@ class PromptStore:
         """Serve ``model`` from several versions in proportion to ``weights`` (ids or prefixes)."""
         if len(weights) < 1 or any(int(w) <= 0 for w in weights.values()):
             raise PromptsError("a split needs at least one version, each with a positive weight")
-        with self._cache.transact():
+        with self._change():
             resolved: dict[str, int] = {}
             for version, weight in weights.items():
                 full = self._resolve_version(model, version)
@@ -298,7 +329,7 @@ class PromptStore:
         return resolved
 
     def clear_split(self, model: str) -> None:
-        with self._cache.transact():
+        with self._change():
             if self._cache.get(split_key(model)) is not None:
                 self._record_audit("split cleared", model, None)
                 self._cache.delete(split_key(model))
@@ -327,7 +358,7 @@ class PromptStore:
         """Keep an eval report; its id is ``MODEL#SEQ``. The versions it covers are indexed from it."""
         versions = sorted({str(c["version"]) for c in report.get("conditions", []) if c.get("version")})
         record = {**report, "stored_at": _now(), "versions": versions}
-        with self._cache.transact():
+        with self._change():
             seq = self._reports.append(model, record)
         return f"{model}#{seq}"
 
@@ -343,7 +374,7 @@ class PromptStore:
 
     def begin_refresh(self, model: str, **fields: Any) -> dict[str, Any]:
         """Record that a refresh of ``model`` started; fails if one is already in progress."""
-        with self._cache.transact():
+        with self._change():
             if self._cache.get(_refresh_current_key(model)) is not None:
                 raise PromptsError(f"a refresh of {model!r} is already in progress")
             record = {
@@ -362,7 +393,7 @@ class PromptStore:
 
     def update_refresh(self, model: str, **fields: Any) -> dict[str, Any]:
         """Merge ``fields`` into the run in progress (e.g. the optimizer's run id once known)."""
-        with self._cache.transact():
+        with self._change():
             current = self.current_refresh(model)
             if current is None:
                 raise PromptsError(f"no refresh of {model!r} is in progress")
@@ -372,11 +403,11 @@ class PromptStore:
 
     def finish_refresh(self, model: str, outcome: str, **fields: Any) -> dict[str, Any]:
         """Close the run in progress with ``outcome``; its record moves to the model's run log."""
-        with self._cache.transact():
+        with self._change():
             current = self.current_refresh(model)
             if current is None:
                 raise PromptsError(f"no refresh of {model!r} is in progress")
-            record = {**current, **fields, "outcome": outcome, "ended_at": _now()}
+            record = {**current, "ended_at": _now(), **fields, "outcome": outcome}
             self._refreshes.append(model, record)
             self._cache.delete(_refresh_current_key(model))
         return record
@@ -417,6 +448,37 @@ class PromptStore:
 
 
 _REFRESH_MODELS_KEY = key("refresh-models")
+
+
+def registry_url(settings: Settings, file_config: FileConfig | None = None) -> str | None:
+    """The shared registry, if any: ``DRPO_REGISTRY_URL``, else the config file's ``registry``."""
+    if settings.registry_url:
+        return settings.registry_url
+    return (file_config if file_config is not None else settings.file_config()).registry
+
+
+def open_store(
+    settings: Settings,
+    actor: str | None = None,
+    *,
+    directory: Path | None = None,
+    file_config: FileConfig | None = None,
+) -> PromptStore:
+    """The store every command and service opens: local, mirrored to the registry if one is configured.
+
+    With a registry it catches up once on open, so what it reads is the shared state; when
+    Redis is down it says so and reads this machine's copy (changes are then refused).
+    """
+    url = registry_url(settings, file_config)
+    store = PromptStore(directory or settings.store_dir, actor, Registry.shared(url) if url else None)
+    try:
+        store.sync_registry()
+    except RegistryUnavailable as exc:
+        logger.warning("%s Reading this machine's copy.", str(exc).split("; nothing was changed")[0])
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _refresh_current_key(model: str) -> str:
