@@ -25,6 +25,10 @@ bytes, ints or strings, so a mirror (e.g. Redis) can copy key → value verbatim
 
 A new kind of record (an audit log, A/B splits, eval reports...) is one more
 :class:`AppendLog` with its own ``kind`` and nothing else to design.
+
+With a shared registry (``prompts/registry.py``) every key is mirrored to Redis except the
+local-only ones (:data:`LOCAL_ONLY_KEYS`: the layout version and how far this copy has synced);
+:class:`JournalingCache` records the keys a change writes so they can be published as one batch.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ GENERATION_KEY = key("generation")
 MODELS_KEY = key("models")
 # Present while keys of the old (schema 1) layout remain to be deleted after a migration.
 LEGACY_CLEANUP_KEY = key("legacy-cleanup")
+# Which registry this copy mirrors and up to which of its revisions (``prompts/registry.py``).
+REGISTRY_SYNC_KEY = key("registry-sync")
+LOCAL_ONLY_KEYS = frozenset({SCHEMA_KEY, LEGACY_CLEANUP_KEY, REGISTRY_SYNC_KEY})
+
+Value = bytes | int | str
+
+
+def is_mirrored(name: object) -> bool:
+    """Whether a cache key is shared through a registry (old-layout tuple keys never are)."""
+    return isinstance(name, str) and name.startswith("[") and name not in LOCAL_ONLY_KEYS
 
 
 def artifact_key(model: str, version: str) -> str:
@@ -79,9 +93,29 @@ def active_key(model: str) -> str:
     return key("active", model)
 
 
-def open_cache(directory: Path) -> diskcache.Cache:
+class JournalingCache(diskcache.Cache):  # type: ignore[misc]
+    """A diskcache that can record what a change writes: ``{key: value}``, ``None`` for a delete.
+
+    Recording is off unless :attr:`journal` is a dict (set by the registry around one change,
+    on the thread that runs it), so a store without a registry pays one attribute check.
+    """
+
+    journal: dict[str, Value | None] | None = None
+
+    def set(self, key: Any, value: Any, *args: Any, **kwargs: Any) -> bool:
+        if self.journal is not None and is_mirrored(key):
+            self.journal[key] = value
+        return bool(super().set(key, value, *args, **kwargs))
+
+    def delete(self, key: Any, *args: Any, **kwargs: Any) -> bool:
+        if self.journal is not None and is_mirrored(key):
+            self.journal[key] = None
+        return bool(super().delete(key, *args, **kwargs))
+
+
+def open_cache(directory: Path) -> JournalingCache:
     """The store's cache, with every value inline and eviction off (see the module docstring)."""
-    return diskcache.Cache(str(directory), timeout=30, **CACHE_SETTINGS)
+    return JournalingCache(str(directory), timeout=30, **CACHE_SETTINGS)
 
 
 def load_json(cache: diskcache.Cache, name: str, default: Any) -> Any:

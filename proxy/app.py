@@ -26,8 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from prompts.config import FileConfig, Settings
+from prompts.registry import RegistryFollower
 from prompts.remote_embeddings import BackendEmbeddings
-from prompts.store import PromptStore
+from prompts.store import PromptStore, open_store
 from proxy.admin import create_admin_app
 from proxy.asgi import Receive, Scope, Send
 from proxy.auth import KeyChecker
@@ -51,6 +52,7 @@ class _Holder:
     serving: OpenAIServing | None = None
     store: PromptStore | None = None
     readiness: CachedReadiness | None = None
+    follower: RegistryFollower | None = None
 
 
 class _RawEndpoint:
@@ -140,9 +142,22 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         own_store = store is None
-        the_store = store if store is not None else PromptStore(settings.store_dir)
+        if store is not None:
+            the_store = store
+        else:  # catches up with the registry first (if one is configured and up)
+            the_store = await asyncio.to_thread(open_store, settings, file_config=file_config)
         snapshot = ArtifactSnapshot(the_store, settings.store_poll_interval)
         await asyncio.to_thread(snapshot.load_now)
+        if the_store.registry is not None:
+            loop = asyncio.get_running_loop()
+            holder.follower = RegistryFollower(
+                the_store.registry,
+                the_store.follower_cache(),
+                lambda replaced: loop.call_soon_threadsafe(snapshot.wake, replaced),
+            )
+            holder.follower.start()
+            follower = holder.follower
+            metrics.watch_registry(lambda: follower.connected)
         client = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
@@ -178,6 +193,9 @@ def create_app(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+            if holder.follower is not None:
+                await asyncio.to_thread(holder.follower.stop)
+                holder.follower = None
             holder.serving = None
             holder.readiness = None
             await router.aclose()
@@ -202,7 +220,12 @@ def create_app(
             raise RuntimeError("the proxy app is used outside its lifespan")
         errors = await holder.readiness.get()
         ok = bool(errors) and all(e is None for e in errors.values())
-        body = {"status": "ready" if ok else "unavailable", "backends": {k: v or "ok" for k, v in errors.items()}}
+        body: dict[str, Any] = {
+            "status": "ready" if ok else "unavailable",
+            "backends": {k: v or "ok" for k, v in errors.items()},
+        }
+        if holder.follower is not None:  # informative only: a replica serves its copy while Redis is down
+            body["registry"] = holder.follower.status()
         return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"retry-after": "1"})
 
     async def render_metrics(request: Request) -> Response:

@@ -6,7 +6,9 @@ prometheus-client's label validation, per observation.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -57,6 +59,7 @@ class Metrics:
             ["model", "prompt_version", "kind"],
             registry=self.registry,
         )
+        self._registry_connected: Gauge | None = None
         self._requests: dict[tuple[str, str, str], Counter] = {}
         self._durations: dict[tuple[str, str], Histogram] = {}
         self._ttfts: dict[tuple[str, str], Histogram] = {}
@@ -81,6 +84,16 @@ class Metrics:
 
     def backend_error(self, model: str, version: str, kind: str) -> None:
         self.backend_errors.labels(model, version, kind).inc()
+
+    def watch_registry(self, connected: Callable[[], bool]) -> None:
+        """Export whether the shared registry is reachable (only when one is configured)."""
+        if self._registry_connected is None:
+            self._registry_connected = Gauge(
+                "drpo_registry_connected",
+                "1 while the shared prompt registry (Redis) is reachable, 0 while serving the local copy.",
+                registry=self.registry,
+            )
+        self._registry_connected.set_function(lambda: 1.0 if connected() else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,16 +1,17 @@
 """The in-memory snapshot of active artifacts, refreshed in the background (hot swap).
 
 The request path only reads ``snapshot.get(model)``: a dict look-up, no I/O. A background
-task polls ``store.generation()`` every ``store_poll_interval`` seconds in a worker thread
-and, when it changed, reloads every active artifact and swaps the whole dict in one
-assignment. Prepared artifacts (with their retrieval index) are reused when a model's
-version did not change.
+task polls ``store.generation()`` every ``store_poll_interval`` seconds (at once when woken
+by the shared registry's follower) in a worker thread and, when it changed, reloads every
+active artifact and swaps the whole dict in one assignment. Prepared artifacts (with their
+retrieval index) are reused when a model's version did not change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import logging
 import random
@@ -59,6 +60,17 @@ class ArtifactSnapshot:
         self._splits: dict[str, Split] = {}
         self._generation: int | None = None
         self.default = PreparedArtifact.build(default_artifact())
+        self._wake = asyncio.Event()
+        self._force = False
+
+    def wake(self, force: bool = False) -> None:
+        """Check the store now instead of at the next poll (on the event loop's thread).
+
+        ``force`` reloads even if the generation did not move: a copy replaced whole from a
+        shared registry can hold other versions under the same generation number.
+        """
+        self._force = self._force or force
+        self._wake.set()
 
     def get(self, model: str, sticky: str | None = None) -> PreparedArtifact:
         """What to serve ``model``: a version of its A/B split (sticky per ``sticky``), else the active one."""
@@ -91,7 +103,8 @@ class ArtifactSnapshot:
     async def refresh(self) -> bool:
         """Reload if the store's generation moved; True when the snapshot changed."""
         generation = await asyncio.to_thread(self._store.generation)
-        if generation == self._generation:
+        force, self._force = self._force, False
+        if generation == self._generation and not force:
             return False
         new_generation, artifacts, splits = await asyncio.to_thread(self._load)
         # Swapped together with no await between: a request sees the old state or the new one.
@@ -108,7 +121,9 @@ class ArtifactSnapshot:
     async def run(self) -> None:
         """Poll forever (cancelled on shutdown); a failing store read is logged, not fatal."""
         while True:
-            await asyncio.sleep(self._poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+            self._wake.clear()
             try:
                 await self.refresh()
             except (PromptsError, OSError) as exc:
