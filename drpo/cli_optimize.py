@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,12 @@ from optimizer.estimate import project
 from optimizer.evalsets import BUILTIN_VAL, SET_NAMES, load_labelled_file, resolve_set
 from optimizer.llm import Endpoint, JsonDialect
 from optimizer.openai_transport import OpenAITransport
-from optimizer.run import Optimization, Paths, Roles, initial_state, print_summary
+from optimizer.run import Optimization, Paths, Roles, RunOutcome, initial_state, print_summary
 from prompts.artifact import Layout
 from prompts.config import ConfigError, FileConfig, Settings, get_settings
 
 EMBEDDED = "embedded"
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ROLES = ("selector", "judge", "optimizer")
 # Measured on this class of machine for SmolLM2-135M on llama.cpp (see BENCHMARKS.md).
 EMBEDDED_GEN_TPS = 80.0
@@ -260,6 +264,11 @@ def optimize(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print projected calls and tokens; call nothing."),
     resume: str = typer.Option(None, "--resume", help="Continue run RUN_ID from its checkpoint."),
+    run_id: str = typer.Option(
+        None,
+        "--run-id",
+        help="Id for a new run (default: generated). Lets a scheduler know where the checkpoint is before the run ends.",
+    ),
     activate: bool = typer.Option(
         False,
         "--activate",
@@ -325,7 +334,7 @@ def optimize(
             )
             val = [Query.from_labelled(q) for q in resolve_set(val_name)] if val_name else None
             pool = _load_queries(queries, train_name, labelled_queries)
-            state = initial_state(new_run_id(), cfg, pool, icl_seed_queries(), val)
+            state = initial_state(_new_run_id(run_id, paths.runs_dir), cfg, pool, icl_seed_queries(), val)
         stored = state.roles if resume else {}
         target_flag: str | None = backend
         if not target_flag and "target" in stored and stored["target"]["url"] != EMBEDDED:
@@ -356,7 +365,7 @@ def optimize(
         # Never activated by the run itself: --activate goes through the promotion gate below.
         optimization = Optimization(state, cfg, live_roles, OpenAITransport(), paths, None if quiet else console, False)
         try:
-            outcome = asyncio.run(optimization.run())
+            outcome = asyncio.run(_run_stopping_on_sigterm(optimization))
         except OptimizerError as exc:
             console.print(f"error: {exc} (run {state.run_id} can be resumed with --resume {state.run_id})")
             raise typer.Exit(1) from exc
@@ -368,6 +377,29 @@ def optimize(
         _promote_through_gate(
             console, settings, cfg.model, outcome.artifact.version, target_url, target_key, val_set, quiet
         )
+
+
+def _new_run_id(requested: str | None, runs_dir: Path) -> str:
+    if requested is None:
+        return new_run_id()
+    if not RUN_ID_PATTERN.fullmatch(requested):
+        raise typer.BadParameter("use 1-64 letters, digits, '.', '_' or '-'", param_hint="--run-id")
+    if RunDir(runs_dir, requested).exists():
+        raise typer.BadParameter(f"run {requested} exists; continue it with --resume {requested}", param_hint="--run-id")
+    return requested
+
+
+async def _run_stopping_on_sigterm(optimization: Optimization) -> RunOutcome:
+    """SIGTERM stops the run at its next LLM call, like a spent budget: checkpointed and resumable."""
+    loop = asyncio.get_running_loop()
+    stop = functools.partial(optimization.llm.budget.request_stop, "stopped by SIGTERM")
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        return await optimization.run()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _promote_through_gate(

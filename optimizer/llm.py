@@ -107,12 +107,19 @@ class Counters:
         return asdict(self)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Budget:
     max_calls: int | None = None
     max_tokens: int | None = None
+    # Set from outside (a signal handler) to stop the run like a spent budget: cleanly, resumable.
+    stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
 
     def check(self, counters: Counters, in_flight: int) -> None:
+        if self.stop_reason is not None:
+            raise BudgetExceeded(self.stop_reason)
         if self.max_calls is not None and counters.fresh_calls + in_flight >= self.max_calls:
             raise BudgetExceeded(f"call budget of {self.max_calls} used up")
         if self.max_tokens is not None and counters.tokens >= self.max_tokens:

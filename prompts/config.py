@@ -28,6 +28,7 @@ DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
 DRPO_STORE_POLL_INTERVAL  seconds between checks for a new active version
 DRPO_REGISTRY_URL     shared registry of prompt versions for many replicas (redis://...)
 DRPO_LOG_LEVEL        logging level
+DRPO_UI               the dashboard under /ui: on (default) | off
 ====================  ==========================================================
 
 The config file maps model ids to backends and per-model options::
@@ -46,6 +47,11 @@ The config file maps model ids to backends and per-model options::
         k: 2                          # examples per request (overrides the artifact)
     default_backend: local
     registry: redis://redis:6379/0  # optional: replicas share versions through Redis
+    refresh:                          # background refresh by `drpo worker`, per model id
+      my-base-model:
+        schedule: 6h                  # an interval (90s, 30m, 6h, 1d) or a cron expression
+        optimize: {depth: 2, beam: 2} # any `drpo optimize` option, dashes as underscores
+        gate: {eval_set: val, margin: 0.02}   # labelled JSONL path or set name
 
 A backend's ``kind`` selects compatibility fixes. ``auto`` detects it from the ``owned_by``
 of its ``/v1/models`` entries: ``"me"`` (llama-cpp-python's server, our embedded backend)
@@ -130,6 +136,41 @@ class RoleConfig(BaseModel):
     api_key_env: str | None = None
 
 
+class GateOptions(BaseModel):
+    """The promotion gate of a refresh: labelled prompts and how much worse a refusal rate may get."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A labelled JSONL path or a set name (builtin-val, val, ...); default: the packaged validation set.
+    eval_set: str | None = None
+    eval_sets: list[str] = Field(default_factory=list)
+    margin: float | None = Field(default=None, ge=0.0, le=1.0)
+    objective: Literal["alignment", "judge"] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    def all_sets(self) -> list[str]:
+        return ([self.eval_set] if self.eval_set else []) + self.eval_sets
+
+
+class RefreshOptions(BaseModel):
+    """One model's background refresh (``drpo worker``): when, how to optimize, how to gate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schedule: str = "6h"
+    # Any `drpo optimize` option, dashes as underscores ({depth: 2, beam: 2, judge_url: ...}).
+    optimize: dict[str, Any] = Field(default_factory=dict)
+    gate: GateOptions = Field(default_factory=GateOptions)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        from prompts.schedule import Schedule
+
+        Schedule.parse(value)
+        return value
+
+
 class FileConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -139,6 +180,7 @@ class FileConfig(BaseModel):
     # A shared registry (redis://, rediss:// or unix://); DRPO_REGISTRY_URL takes precedence.
     registry: str | None = None
     roles: dict[Literal["selector", "judge", "optimizer"], RoleConfig] = Field(default_factory=dict)
+    refresh: dict[str, RefreshOptions] = Field(default_factory=dict)
 
     def options_for(self, model: str) -> ModelOptions:
         return self.models.get(model) or ModelOptions()
@@ -190,6 +232,8 @@ class Settings(BaseSettings):
     # /admin exists only when set; changes made through it are audited as admin:<admin_key_name>.
     admin_key: SecretStr | None = None
     admin_key_name: str = Field(default="admin", min_length=1, max_length=64)
+    # The dashboard under /ui: read-only without an admin session (and needs a key to read when api_keys are set).
+    ui: bool = True
     ready_cache_ttl: float = Field(default=1.0, ge=0)
     bypass: BypassPolicy = "any"
     bypass_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

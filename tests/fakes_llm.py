@@ -237,9 +237,15 @@ class FakeOpenAIServer:
     client disconnected while the server was "thinking").
     """
 
-    def __init__(self, latency: float = 0.2, model: str = "fake-model") -> None:
+    def __init__(
+        self,
+        latency: float = 0.2,
+        model: str = "fake-model",
+        reply: Callable[[str, dict[str, Any]], str] = default_reply,
+    ) -> None:
         self.latency = latency
         self.model = model
+        self.reply = reply  # (role, request body) -> reply text
         self.phase = "default"
         self.records: list[Served] = []
         self._lock = threading.Lock()
@@ -286,7 +292,7 @@ class FakeOpenAIServer:
             self.records.append(Served(key, role, self.phase, delivered))
         if not delivered:
             return
-        text = default_reply(role, body)
+        text = self.reply(role, body)
         usage = {"prompt_tokens": len(_all_text(body)) // 4, "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         now = int(time.time())

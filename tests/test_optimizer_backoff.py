@@ -109,3 +109,13 @@ def test_retry_after_header_forms() -> None:
     assert retry_after_seconds("-3") == 0.0
     for bad in (None, "", "soon", "nan", "inf"):
         assert retry_after_seconds(bad) is None
+
+
+def test_a_requested_stop_ends_the_budget_like_a_spent_one() -> None:
+    from optimizer.llm import Budget, BudgetExceeded, Counters
+
+    budget = Budget()
+    budget.check(Counters(), 0)
+    budget.request_stop("stopped by SIGTERM")
+    with pytest.raises(BudgetExceeded, match="SIGTERM"):
+        budget.check(Counters(), 0)
