@@ -445,7 +445,7 @@ class RegistryFollower:
                     )
                 self.connected = False
                 self._stop.wait(pause)
-                pause = min(pause * 2, 5.0)
+                pause = min(pause * 2, 2.0)
             except Exception:
                 logger.exception("prompt registry follower failed; retrying")
                 self.connected = False
