@@ -217,6 +217,20 @@ class PromptStore:
             for _, row in self._versions.entries(model)
         ]
 
+    def newer_versions(self, model: str, version: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` versions stored after ``version`` (after nothing: any), newest first.
+
+        Reads at most ``limit`` rows from the end of the version log, whatever its length."""
+        floor = int(self._cache.get(version_index_key(model, version), 0)) if version else 0
+        out: list[str] = []
+        for seq in range(self._versions.count(model), floor, -1):
+            if len(out) >= limit:
+                break
+            row = self._versions.get(model, seq)
+            if row is not None and row["version"] != version:
+                out.append(str(row["version"]))
+        return out
+
     def history(self, model: str) -> list[dict[str, str]]:
         return [
             {name: str(row[name]) for name in ("version", "at", "action")} for _, row in self._history.entries(model)

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.diff import artifact_diff
@@ -27,6 +27,7 @@ from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError
 from prompts.served import artifact_by_spec
 from prompts.store import PromptStore
 from proxy.auth import bearer_token, matches_any
+from proxy.jobs import Job, JobBusy, JobRunner
 
 
 class ModelState(BaseModel):
@@ -35,6 +36,9 @@ class ModelState(BaseModel):
     versions: int
     builtin_default: bool = False
     split: dict[str, int] | None = None
+    # Versions stored after the active one and not active: what a refresh or an import left to promote.
+    candidates: list[str] = []
+    refresh: RefreshRun | None = None  # the newest refresh run, if any
 
 
 class VersionSummary(BaseModel):
@@ -71,6 +75,31 @@ class SplitState(BaseModel):
     weights: dict[str, int] | None
 
 
+class PromoteRequest(BaseModel):
+    version: str
+    force: bool = False  # activate without the gate
+
+
+class RefreshRun(BaseModel):
+    """A background refresh (``drpo worker``); ``outcome`` is ``running`` while it is in progress."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    model: str
+    started_at: str
+    ended_at: str | None = None
+    outcome: str
+    trigger: str | None = None
+    stage: str | None = None
+    candidate: str | None = None
+    baseline: str | None = None
+    calls: int | None = None
+    tokens: int | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
 class AuditEntry(BaseModel):
     at: str
     actor: str
@@ -89,8 +118,13 @@ class _AdminError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: str) -> FastAPI:
-    """The admin sub-application; ``store_dir`` gives the proxy's store directory at request time."""
+def create_admin_app(
+    store_dir: Callable[[], Path], admin_key: str, key_name: str, jobs: JobRunner | None = None
+) -> FastAPI:
+    """The admin sub-application; ``store_dir`` gives the proxy's store directory at request time.
+
+    ``jobs`` runs promotions through the gate and refreshes as background processes (without it,
+    those endpoints answer 503)."""
     app = FastAPIOffline(
         title="drpo-proxy admin",
         description="Inspect and change prompt versions. Bearer auth with DRPO_ADMIN_KEY.",
@@ -128,10 +162,19 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
             out = [
                 ModelState(model=DEFAULT_MODEL_ID, active=default_artifact().version, versions=1, builtin_default=True)
             ]
-            out += [
-                ModelState(model=m, active=s.active_version(m), versions=s.version_count(m), split=s.split(m))
-                for m in s.models()
-            ]
+            for m in sorted(set(s.models()) | set(s.refresh_models())):
+                active = s.active_version(m)
+                last = s.last_refresh(m)
+                out.append(
+                    ModelState(
+                        model=m,
+                        active=active,
+                        versions=s.version_count(m),
+                        split=s.split(m),
+                        candidates=_candidates(s, m, active),
+                        refresh=RefreshRun(**last) if last else None,
+                    )
+                )
         return out
 
     @app.get("/versions", dependencies=guard)
@@ -181,9 +224,62 @@ def create_admin_app(store_dir: Callable[[], Path], admin_key: str, key_name: st
             s.clear_split(model)
             return SplitState(model=model, weights=None)
 
+    def runner() -> JobRunner:
+        if jobs is None:
+            raise _AdminError(503, "background jobs are not available in this process", "server_error")
+        return jobs
+
+    def start(launch: Callable[[], Job]) -> JSONResponse:
+        try:
+            job = launch()
+        except JobBusy as exc:
+            raise _AdminError(409, str(exc)) from exc
+        return JSONResponse(job.model_dump(mode="json"), status_code=202, headers={"location": f"jobs/{job.id}"})
+
+    @app.post("/promote", dependencies=guard, status_code=202, response_model=Job)
+    def promote(body: PromoteRequest, model: str = Query(...)) -> JSONResponse:
+        """Activate a version only if it passes the promotion gate (a background job: 202, then poll
+        ``/admin/jobs/{id}``); with ``force`` it is activated at once, without the gate (200)."""
+        with store() as s:
+            version = artifact_by_spec(s, model, body.version)[0].version
+            if body.force:
+                previous = s.active_version(model)
+                active = s.activate(model, version, action="promote --force")
+                return JSONResponse(Activation(model=model, active=active, previous=previous).model_dump())
+        return start(lambda: runner().start_promote(model, version, actor))
+
+    @app.post("/refresh", dependencies=guard, status_code=202, response_model=Job)
+    def refresh(model: str = Query(...)) -> JSONResponse:
+        """Run the model's refresh now (optimize → eval → gate → activate or keep), as a background job."""
+        return start(lambda: runner().start_refresh(model, actor))
+
+    @app.get("/jobs", dependencies=guard)
+    def list_jobs() -> list[Job]:
+        """Promotion and refresh jobs started by this proxy process, newest first."""
+        return runner().recent()
+
+    @app.get("/jobs/{job_id}", dependencies=guard)
+    def get_job(job_id: str) -> Job:
+        found = runner().get(job_id)
+        if found is None:
+            raise _AdminError(404, f"no job {job_id!r} in this proxy process")
+        return found
+
+    @app.get("/refresh-runs", dependencies=guard)
+    def refresh_runs(model: str | None = Query(None), limit: int = Query(50, ge=1, le=10_000)) -> list[RefreshRun]:
+        """Refresh runs, newest first (the one in progress first): outcome, scores, calls, tokens, versions."""
+        with store() as s:
+            models = [model] if model else s.refresh_models()
+            return [RefreshRun(**run) for m in models for run in s.refresh_runs(m, limit)]
+
     @app.get("/audit", dependencies=guard)
     def audit(model: str | None = Query(None), limit: int = Query(100, ge=1, le=10_000)) -> list[AuditEntry]:
         with store() as s:
             return [AuditEntry(**entry) for entry in s.audit_log(model, limit)]
 
     return app
+
+
+def _candidates(store: PromptStore, model: str, active: str | None, limit: int = 5) -> list[str]:
+    """Versions stored after the active one (all, when none is active), newest first."""
+    return store.newer_versions(model, active, limit)

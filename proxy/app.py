@@ -34,6 +34,7 @@ from proxy.asgi import Receive, Scope, Send
 from proxy.auth import KeyChecker
 from proxy.errors import MethodNotAllowed, ProxyError, RouteNotFound, error_body
 from proxy.injection import Policies
+from proxy.jobs import JobRunner
 from proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from proxy.readiness import CachedReadiness
 from proxy.routing import Router, build_backends
@@ -245,12 +246,14 @@ def create_app(
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", render_metrics, methods=["GET"]),
     ]
+    # Promotions through the gate and refreshes run as CLI child processes (the proxy never imports them).
+    jobs = JobRunner(settings.home, settings.config, env=_backend_env(settings))
+
+    def store_dir() -> Path:
+        return holder.store.directory if holder.store is not None else settings.store_dir
+
     if settings.admin_key is not None:
-
-        def store_dir() -> Path:
-            return holder.store.directory if holder.store is not None else settings.store_dir
-
-        admin = create_admin_app(store_dir, settings.admin_key.get_secret_value(), settings.admin_key_name)
+        admin = create_admin_app(store_dir, settings.admin_key.get_secret_value(), settings.admin_key_name, jobs)
         routes.append(Mount("/admin", app=admin))
     app = ProxyApp(
         hot,
@@ -260,4 +263,13 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.holder = holder
+    app.state.jobs = jobs
     return app
+
+
+def _backend_env(settings: Settings) -> dict[str, str]:
+    """The single backend given to the proxy, passed on to the jobs it starts (the config file goes too)."""
+    env = {"DRPO_BACKEND_URL": settings.backend_url} if settings.backend_url else {}
+    if settings.backend_url and settings.backend_api_key is not None:
+        env["DRPO_BACKEND_API_KEY"] = settings.backend_api_key.get_secret_value()
+    return env

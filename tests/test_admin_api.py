@@ -68,6 +68,8 @@ def test_read_change_and_audit_through_the_admin_api(
             "versions": 1,
             "builtin_default": True,
             "split": None,
+            "candidates": [],
+            "refresh": None,
         }
         assert models[1] == {
             "model": MODEL,
@@ -75,6 +77,8 @@ def test_read_change_and_audit_through_the_admin_api(
             "versions": 2,
             "builtin_default": False,
             "split": None,
+            "candidates": [],
+            "refresh": None,
         }
         versions = httpx.get(base + "/admin/versions", params={"model": MODEL}, headers=ADMIN).json()
         assert [v["version"] for v in versions] == [a.version, b.version] and versions[1]["active"]
