@@ -132,8 +132,34 @@ say "a tiny drpo optimize (depth 1, beam 1)"
 say "stop: the proxy stops vLLM with it"
 stop_serve
 trap - EXIT
-if pgrep -f "vllm serve $MODEL" >/dev/null; then
-  echo "vLLM outlived drpo serve" >&2
+vllm_left() { pgrep -f "vllm serve $MODEL" || pgrep -f "VLLM::EngineCore" || true; }
+if [ -n "$(vllm_left)" ]; then
+  echo "vLLM outlived drpo serve: $(vllm_left)" >&2
   exit 1
 fi
+
+say "kill -9: vLLM (and its engine processes) must die with drpo backend"
+.venv/bin/drpo backend --engine vllm --model "$MODEL" --port "$((PORT + 1))" -- \
+  --max-model-len 4096 --gpu-memory-utilization 0.6 >"$WORK/backend.log" 2>&1 &
+BACKEND_PID=$!
+deadline=$((SECONDS + READY_TIMEOUT))
+until grep -q "vLLM backend ready" "$WORK/backend.log"; do
+  if ! kill -0 "$BACKEND_PID" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
+    tail -n 50 "$WORK/backend.log" >&2
+    echo "drpo backend did not become ready" >&2
+    exit 1
+  fi
+  sleep 5
+done
+kill -KILL "$BACKEND_PID"
+wait "$BACKEND_PID" || true
+for _ in $(seq 30); do
+  [ -z "$(vllm_left)" ] && break
+  sleep 1
+done
+if [ -n "$(vllm_left)" ]; then
+  echo "vLLM processes outlived a SIGKILLed drpo backend: $(vllm_left)" >&2
+  exit 1
+fi
+nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv
 echo "GPU check passed (work files: $WORK)"
