@@ -81,8 +81,16 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
-def spawn_tied_to_parent(command: list[str], log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+def spawn_tied_to_parent(
+    command: list[str],
+    log: IO[bytes] | None = None,
+    env: dict[str, str] | None = None,
+    inherit_output: bool = False,
+) -> subprocess.Popen[bytes]:
     """Start ``command`` in its own session; on Linux it gets SIGKILL when this process dies.
+
+    Its output goes to ``log`` (nowhere without one), or to ours with ``inherit_output``;
+    ``env`` is added to our environment for it.
 
     The child runs :mod:`drpo.die_with_parent` first, which arms the signal and checks that
     we are still its parent before exec'ing ``command`` (no Python runs between our fork and
@@ -96,10 +104,11 @@ def spawn_tied_to_parent(command: list[str], log: IO[bytes] | None = None) -> su
         # A new session gives the child its own process group so stop() can end all of it.
         return subprocess.Popen(
             command,
-            stdout=log if log is not None else subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+            stdout=None if inherit_output else log if log is not None else subprocess.DEVNULL,
+            stderr=None if inherit_output else subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
 
     return _SPAWNER.run(start)

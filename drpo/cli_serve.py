@@ -5,7 +5,8 @@ non-loopback address needs client keys or ``--insecure``: exit 2), then the mana
 backend as a child process: with ``--engine vllm --model ID``, ``vllm serve ID``; else,
 when no backend is configured anywhere, the embedded llama.cpp backend. ``--layout``
 sets how the managed model is prompted (``completion`` for a base model).
-The child is stopped on every way out (normal exit, Ctrl-C, SIGTERM, a crash in the
+``--with-worker`` adds the refresh worker as a second child (same home, config and backend).
+The children are stopped on every way out (normal exit, Ctrl-C, SIGTERM, a crash in the
 proxy) because it lives in a ``with`` block and SIGTERM is turned into an exception.
 """
 
@@ -15,6 +16,8 @@ import contextlib
 import ipaddress
 import logging
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -22,7 +25,7 @@ from types import FrameType
 import typer
 from pydantic import SecretStr, ValidationError
 
-from drpo.child_server import ServerLaunchError
+from drpo.child_server import ServerLaunchError, spawn_tied_to_parent
 from drpo.engines import Engine, LayoutOption, check_engine_options, log_path, managed_backend, served_model_id
 from prompts.artifact import Layout
 from prompts.config import (
@@ -38,6 +41,7 @@ from prompts.store import PromptStore
 logger = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+WORKER_STOP_TIMEOUT = 30.0  # seconds the worker gets to checkpoint before it is killed
 CLI_BACKEND_PREFIX = "cli-"
 
 
@@ -189,6 +193,34 @@ def _managed_if_needed(
         yield settings.model_copy(update={"backend_url": server.base_url, "backend_kind": kind})
 
 
+@contextlib.contextmanager
+def _worker_if_asked(wanted: bool, live: Settings, metrics_port: int) -> Iterator[None]:
+    """`drpo worker` beside the proxy: same home and config, and the proxy's managed backend when it
+    started one (so the worker does not start a second model). Asked to stop at its next checkpoint
+    when the proxy stops; killed with the proxy if the proxy dies."""
+    if not wanted:
+        yield
+        return
+    env = {"DRPO_HOME": str(live.home)}
+    if live.config is not None:
+        env["DRPO_CONFIG"] = str(live.config)
+    if live.backend_url:
+        env["DRPO_BACKEND_URL"] = live.backend_url
+    command = [sys.executable, "-m", "drpo", "worker", "--metrics-port", str(metrics_port)]
+    worker = spawn_tied_to_parent(command, env=env, inherit_output=True)
+    typer.echo(f"refresh worker started (pid {worker.pid}; metrics on :{metrics_port or 'off'})")
+    try:
+        yield
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)  # the worker finishes at its next checkpoint
+            try:
+                worker.wait(timeout=WORKER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
 def _describe_backends(settings: Settings, file_config: FileConfig) -> str:
     names = [f"{name}={backend.url}" for name, backend in file_config.backends.items()]
     if settings.backend_url:
@@ -225,6 +257,14 @@ def serve(
     ),
     extra_args: list[str] = typer.Argument(
         None, metavar="[-- VLLM_ARGS...]", help="With --engine vllm: arguments passed to `vllm serve` unchanged."
+    ),
+    with_worker: bool = typer.Option(
+        False,
+        "--with-worker",
+        help="Also run the refresh worker (`drpo worker`, same config) in its own process, stopped with the proxy.",
+    ),
+    worker_metrics_port: int = typer.Option(
+        9101, "--worker-metrics-port", min=0, max=65535, help="With --with-worker: its metrics port (0: off)."
     ),
 ) -> None:
     """Serve DRPO-aligned models behind an OpenAI-compatible API.
@@ -272,6 +312,7 @@ def serve(
         with (
             _managed_if_needed(settings, engine, model, extra_args, start_managed) as live,
             PromptStore(live.store_dir) as store,
+            _worker_if_asked(with_worker, live, worker_metrics_port),
         ):
             try:
                 app = create_app(live, file_config, store)

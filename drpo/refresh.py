@@ -19,7 +19,6 @@ import fcntl
 import hashlib
 import inspect
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -278,8 +277,7 @@ class RefreshRunner:
             env["DRPO_CONFIG"] = str(self.settings.config)
         with open(log, "ab") as sink:
             start = sink.tell()
-            with _env(env):
-                child = spawn_tied_to_parent([*self.command, *args], log=sink)
+            child = spawn_tied_to_parent([*self.command, *args], log=sink, env=env)
             with self._child_lock:
                 self._child = child
             follower = threading.Thread(target=self._follow, args=(log, start, child), daemon=True)
@@ -339,22 +337,3 @@ def _tail(log: Path, lines: int = 3) -> str:
         text = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
         return " | ".join(line.strip() for line in text[-lines:])
     return "(no output)"
-
-
-_ENV_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for a child started inside the block (the spawner copies os.environ)."""
-    with _ENV_LOCK:
-        saved = {name: os.environ.get(name) for name in values}
-        os.environ.update(values)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -281,3 +282,48 @@ def test_worker_metrics_count_runs_calls_tokens_and_last_success() -> None:
     assert sample("drpo_refresh_last_success_timestamp_seconds", {"model": "m"}) == datetime.fromisoformat(
         ended
     ).timestamp()
+
+
+def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_path: Path) -> None:
+    from drpo.child_server import free_port
+
+    home, port = tmp_path / "home", free_port()
+    with FakeOpenAIServer(latency=0.0, model=MODEL, reply=obedient_model) as fake:
+        config = write_config(tmp_path / "config.yaml", fake.base_url, TINY)
+        env = {**os.environ, "DRPO_HOME": str(home), "DRPO_STORE_POLL_INTERVAL": "0.5"}
+        command = [sys.executable, "-m", "drpo", "serve", "--port", str(port), "--config", str(config)]
+        serve = subprocess.Popen(
+            [*command, "--with-worker", "--worker-metrics-port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            url = f"http://127.0.0.1:{port}/v1/chat/completions"
+
+            def served() -> str | None:
+                try:
+                    return httpx.post(url, json=chat, timeout=5).headers.get("x-drpo-prompt-version")
+                except httpx.HTTPError:
+                    return None
+
+            _wait_for(lambda: served() is not None, what="the proxy")
+            before = served()
+
+            def promoted() -> dict[str, Any] | None:
+                with PromptStore(home / "store") as store:
+                    runs = store.refresh_runs(MODEL)
+                return runs[0] if runs and runs[0]["outcome"] == "promoted" else None
+
+            _wait_for(lambda: promoted() is not None, timeout=180, what="the worker's promotion")
+            run = promoted()
+            assert run is not None and run["candidate"] != before
+            _wait_for(lambda: served() == run["candidate"], timeout=2.0, what="the proxy to serve the new version")
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            output, _ = serve.communicate(timeout=60)
+    assert serve.returncode == 0, output[-3000:]
+    assert "refresh worker started" in output and f"promoted {run['candidate']}" in output
+    assert not [p for p in _children_of_run("drpo worker") if p != os.getpid()]
