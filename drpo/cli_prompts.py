@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 import typer
 from pydantic import ValidationError
 
@@ -319,6 +320,28 @@ def audit(
     for entry in entries:
         when = _short_time(str(entry["at"]))
         typer.echo(f"{when}  {entry['actor']}  {entry['action']}  {entry['model']}  {entry.get('version') or '-'}")
+
+
+@app.command("refresh-runs")
+def refresh_runs(
+    model: str | None = typer.Argument(None, help="Only this model id."),
+    limit: int = typer.Option(20, "--limit", min=1, help="The newest N runs per model."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per line."),
+) -> None:
+    """Background refreshes (`drpo worker`), newest first: outcome, versions, calls, tokens, reason."""
+    with _store() as store:
+        models = [model] if model else store.refresh_models()
+        runs = [run for m in models for run in store.refresh_runs(m, limit)]
+    for run in runs:
+        if as_json:
+            typer.echo(orjson.dumps(run).decode())
+            continue
+        versions = f"{run.get('baseline') or 'default'} -> {run.get('candidate') or '?'}"
+        spent = f"{run.get('calls', 0) or 0} calls, {run.get('tokens', 0) or 0} tokens"
+        running = f"stage {run.get('stage')}" if run["outcome"] == "running" else ""
+        why = run.get("reason") or run.get("error") or running
+        when = _short_time(str(run["started_at"]))
+        typer.echo(f"{when}  {run['model']}  {run['outcome']}  {versions}  {spent}  {why}")
 
 
 @app.command()

@@ -279,9 +279,10 @@ def test_worker_metrics_count_runs_calls_tokens_and_last_success() -> None:
     assert sample("drpo_refresh_runs_total", {"model": "m", "outcome": "failed"}) == 1
     assert sample("drpo_refresh_llm_calls_total", {"model": "m"}) == 12
     assert sample("drpo_refresh_tokens_total", {"model": "m"}) == 500
-    assert sample("drpo_refresh_last_success_timestamp_seconds", {"model": "m"}) == datetime.fromisoformat(
-        ended
-    ).timestamp()
+    assert (
+        sample("drpo_refresh_last_success_timestamp_seconds", {"model": "m"})
+        == datetime.fromisoformat(ended).timestamp()
+    )
 
 
 def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_path: Path) -> None:
@@ -327,3 +328,20 @@ def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_pat
     assert serve.returncode == 0, output[-3000:]
     assert "refresh worker started" in output and f"promoted {run['candidate']}" in output
     assert not [p for p in _children_of_run("drpo worker") if p != os.getpid()]
+
+
+def test_prompts_refresh_runs_lists_runs_newest_first(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with PromptStore(home / "store") as store:
+        store.begin_refresh(MODEL, trigger="schedule", baseline=None, candidate="abc123")
+        store.finish_refresh(
+            MODEL, "candidate", reason="alignment score 0.5 is not better than 0.5", calls=7, tokens=99
+        )
+        store.begin_refresh(MODEL, trigger="manual", stage="optimize")
+    result = drpo(home, "prompts", "refresh-runs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "running" in lines[0] and "stage optimize" in lines[0]
+    assert "candidate" in lines[1] and "default -> abc123" in lines[1] and "7 calls, 99 tokens" in lines[1]
+    records = [json.loads(line) for line in drpo(home, "prompts", "refresh-runs", MODEL, "--json").stdout.splitlines()]
+    assert [r["outcome"] for r in records] == ["running", "candidate"]
