@@ -239,3 +239,52 @@ def test_a_registry_url_must_be_redis() -> None:
     assert Registry("redis://user:secret@example.com:6380/2").location == "redis://example.com:6380/2"
     with pytest.raises(redis.RedisError):
         Registry("redis://127.0.0.1:1/0", timeout=0.2).head()
+
+
+def test_a_replica_follows_a_registry_replaced_whole_even_at_the_same_generation(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    cable = Cable(redis_server.port)
+    cable.mend()
+    registry = Registry.shared(redis_server.url)
+    with (
+        FakeBackend(models=(MODEL,)) as backend,
+        running_proxy(make_settings(tmp_path / "r", backend.url, registry_url=cable.url)) as replica,
+        PromptStore(tmp_path / "cli", registry=registry) as cli,
+        PromptStore(tmp_path / "other") as other,
+    ):
+        v1 = cli.put(_artifact("one"), activate=True)
+        _eventually(lambda: _served(replica) == v1.version, "the replica serves v1")
+        w = other.put(_artifact("from another deployment"), activate=True)
+        assert other.generation() == cli.generation()
+        cable.cut()
+        registry.client.flushdb()
+        other.registry = registry  # a store that never synced meets the empty registry first
+        assert other.sync_registry() == "seeded"
+        cable.mend()
+        _eventually(lambda: _served(replica) == w.version, "the replica reloads the replaced copy")
+    cable.cut()
+
+
+def test_open_store_takes_the_registry_from_the_environment_before_the_config_file(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prompts.config import FileConfig
+    from prompts.store import open_store, registry_url
+
+    settings = make_settings(tmp_path, None)
+    assert registry_url(settings, FileConfig()) is None
+    assert registry_url(settings, FileConfig(registry=redis_server.url)) == redis_server.url
+    with pytest.raises(ValueError, match="redis://"):
+        FileConfig(registry="http://example.com")
+    monkeypatch.setenv("DRPO_REGISTRY_URL", redis_server.url)
+    from_env = make_settings(tmp_path, None)
+    assert registry_url(from_env, FileConfig(registry="redis://elsewhere:6379/0")) == redis_server.url
+    with open_store(from_env, actor="cli:test") as store:
+        assert store.registry is Registry.shared(redis_server.url)
+        store.put(_artifact("one"), activate=True)
+    assert _registry_contents(Registry.shared(redis_server.url))  # it went to Redis
+
+    redis_server.stop()
+    with open_store(from_env) as store:  # Redis down: reads this machine's copy, says so in the log
+        assert store.get(MODEL).system_prompt == "one"
