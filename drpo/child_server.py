@@ -86,6 +86,7 @@ def spawn_tied_to_parent(
     log: IO[bytes] | None = None,
     env: dict[str, str] | None = None,
     inherit_output: bool = False,
+    whole_group: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start ``command`` in its own session; on Linux it gets SIGKILL when this process dies.
 
@@ -94,11 +95,14 @@ def spawn_tied_to_parent(
 
     The child runs :mod:`drpo.die_with_parent` first, which arms the signal and checks that
     we are still its parent before exec'ing ``command`` (no Python runs between our fork and
-    exec: ``preexec_fn`` is unsafe in a threaded parent). Elsewhere :meth:`ChildServer.stop`
-    is the only cleanup.
+    exec: ``preexec_fn`` is unsafe in a threaded parent). With ``whole_group`` the wrapper
+    stays as the command's parent and kills its whole process group when we die (for
+    servers that start processes of their own). Elsewhere :meth:`ChildServer.stop` is the
+    only cleanup.
     """
     if sys.platform.startswith("linux"):
-        command = [sys.executable, "-m", "drpo.die_with_parent", str(os.getpid()), *command]
+        guard = [sys.executable, "-m", "drpo.die_with_parent", *(["--group"] if whole_group else [])]
+        command = [*guard, str(os.getpid()), *command]
 
     def start() -> subprocess.Popen[bytes]:
         # A new session gives the child its own process group so stop() can end all of it.
@@ -148,6 +152,8 @@ class ChildServer:
     name: ClassVar[str] = "server"
     ready_path: ClassVar[str] = "/v1/models"
     error: ClassVar[type[ServerLaunchError]] = ServerLaunchError
+    # True for servers that start processes of their own: all of them die with us.
+    whole_group: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -183,7 +189,7 @@ class ChildServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed right after the fork
         try:
-            self._process = spawn_tied_to_parent(command, log)
+            self._process = spawn_tied_to_parent(command, log, whole_group=self.whole_group)
         except OSError as exc:
             raise self.error(f"cannot start the {self.name} ({command[0]}): {exc.strerror or exc}") from exc
         finally:

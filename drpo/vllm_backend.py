@@ -3,7 +3,8 @@
 Started and stopped by the same launcher as the embedded llama.cpp server
 (:class:`drpo.child_server.ChildServer`): a free loopback port, output kept in a log
 file, ready when vLLM's ``/health`` answers 200 (vLLM only opens its port once the
-weights are loaded), stopped with its whole process group, and killed with us on Linux.
+weights are loaded), stopped with its whole process group, and on Linux killed with us,
+engine processes included (``whole_group``).
 
 The model is served under the id the user asked for (``--served-model-name``), so a
 client, the proxy's routing and the prompt store all use the same name. Arguments after
@@ -57,6 +58,8 @@ class VLLMBackend(ChildServer):
     name = "vLLM backend"
     ready_path = "/health"
     error = VLLMBackendError
+    # vLLM's EngineCore and worker processes outlive a SIGKILLed API server (and keep the GPU).
+    whole_group = True
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from drpo.child_server import wait_until_ok
 from drpo.cli import app
+from drpo.die_with_parent import PARENT_GONE_EXIT
 from drpo.embedded import free_port
 from drpo.engines import Engine, managed_backend
 from drpo.vllm_backend import VLLMBackend, VLLMBackendError
@@ -81,6 +82,7 @@ def test_vllm_serve_is_started_with_the_model_id_and_the_extra_args(
         models = httpx.get(f"{server.base_url}/models", timeout=5).json()["data"]
         assert [(m["id"], m["owned_by"]) for m in models] == [(MODEL, "vllm")]
     assert _wait_gone(pid), "vllm outlived stop()"
+    assert _wait_gone(_engine_core_pid(log)), "vllm's engine process outlived stop()"
     # The log is kept, and shows the command line the child got.
     line = next(row for row in log.read_text().splitlines() if row.startswith("fake vllm: argv="))
     argv = json.loads(line.split("=", 1)[1])
@@ -115,13 +117,21 @@ def test_options_drpo_sets_itself_are_refused_after_the_double_dash() -> None:
     assert managed_backend(Engine.LLAMACPP, None).name == "embedded backend"
 
 
+def _engine_core_pid(log: Path) -> int:
+    line = next(row for row in log.read_text().splitlines() if row.startswith("fake vllm: engine core pid "))
+    return int(line.rsplit(" ", 1)[1])
+
+
 @linux_only
-def test_vllm_dies_when_its_parent_is_killed_hard(tmp_path: Path) -> None:
+def test_vllm_and_its_engine_process_die_when_the_parent_is_killed_hard(tmp_path: Path) -> None:
+    """vLLM's EngineCore outlives a SIGKILLed API server and keeps the GPU: the whole group must go."""
+    log = tmp_path / "v.log"
     script = textwrap.dedent(
         f"""
         import time
+        from pathlib import Path
         from drpo.vllm_backend import VLLMBackend
-        server = VLLMBackend({MODEL!r}, log_path=__import__("pathlib").Path({str(tmp_path / "v.log")!r})).start()
+        server = VLLMBackend({MODEL!r}, log_path=Path({str(log)!r})).start()
         print(server.pid, flush=True)
         time.sleep(120)
         """
@@ -129,22 +139,25 @@ def test_vllm_dies_when_its_parent_is_killed_hard(tmp_path: Path) -> None:
     parent = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=_env(tmp_path / "home")
     )
-    child = 0
+    child = engine = 0
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        engine = _engine_core_pid(log)
+        assert _alive(child) and _alive(engine)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         assert _wait_gone(child), "the vllm child outlived its SIGKILLed parent"
+        assert _wait_gone(engine), "vllm's engine process outlived the SIGKILLed parent"
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=10)
         if parent.stdout is not None:
             parent.stdout.close()
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
+        for pid in (child, engine):
+            if pid and _alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 # -- the CLI's errors ------------------------------------------------------------------------------
@@ -318,3 +331,14 @@ def test_drpo_serve_engine_vllm_with_the_completion_layout(tmp_path: Path) -> No
         assert "messages" not in received[-1]
         assert received[-1]["prompt"].startswith(f"# Instructions:\n{SYSTEM_PROMPT}")
         assert "<END>" in received[-1]["stop"]
+
+
+@linux_only
+def test_the_group_wrapper_refuses_an_orphan_and_passes_the_exit_code_on(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    wrapper = [sys.executable, "-m", "drpo.die_with_parent", "--group"]
+    command = [sys.executable, "-c", f"open({str(marker)!r}, 'w').close(); raise SystemExit(3)"]
+    wrong_parent = subprocess.run([*wrapper, str(os.getpid() + 1_000_000), *command], timeout=60)
+    assert wrong_parent.returncode == PARENT_GONE_EXIT and not marker.exists()
+    right_parent = subprocess.run([*wrapper, str(os.getpid()), *command], timeout=60)
+    assert right_parent.returncode == 3 and marker.exists()

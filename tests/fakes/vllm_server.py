@@ -13,6 +13,10 @@ here) already seen in an earlier prompt count as cached, reported as
 ``usage.prompt_tokens_details.cached_tokens`` when started with
 ``--enable-prompt-tokens-details`` (as vLLM does), unless ``--no-enable-prefix-caching``.
 
+Like vLLM, it starts a separate "engine core" process (here one that only sleeps and
+ignores its parent's death, as vLLM's EngineCore does after a SIGKILLed API server); its pid
+is printed as ``fake vllm: engine core pid N``.
+
 Test-only options: ``--fake-exit N`` exits at once with code N; ``--fake-load-seconds S``
 waits before listening (loading weights). ``GET /fake/requests`` lists the bodies received.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -243,6 +248,8 @@ def main(argv: list[str]) -> int:
     if args.fake_exit is not None:
         print("fake vllm: failing on purpose", flush=True)
         return int(args.fake_exit)
+    engine_core = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    print(f"fake vllm: engine core pid {engine_core.pid}", flush=True)
     time.sleep(args.fake_load_seconds)  # "loading weights": the port is not open yet
     fake = FakeVLLM(args.model, args.served_model_name or [args.model], extra)
     app = Starlette(
@@ -254,7 +261,11 @@ def main(argv: list[str]) -> int:
             Route("/fake/requests", fake.fake_requests),
         ]
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        engine_core.terminate()
+        engine_core.wait()
     return 0
 
 
