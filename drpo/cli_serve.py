@@ -36,6 +36,7 @@ from prompts.config import (
     get_settings,
     load_config_file,
 )
+from prompts.errors import PromptsError
 from prompts.store import PromptStore
 
 logger = logging.getLogger(__name__)
@@ -193,6 +194,21 @@ def _managed_if_needed(
         yield settings.model_copy(update={"backend_url": server.base_url, "backend_kind": kind})
 
 
+def apply_config_splits(store: PromptStore, file_config: FileConfig) -> None:
+    """Set the A/B splits the config file declares (audited as ``config``); exit 2 on an unknown version."""
+    for model, options in file_config.models.items():
+        if options.split is None:
+            continue
+        try:
+            with PromptStore(store.directory, actor="config") as writer:
+                resolved = {writer.get(model, v).version: w for v, w in options.split.items()}
+                if writer.split(model) != resolved:
+                    writer.set_split(model, resolved)
+        except PromptsError as exc:
+            typer.echo(f"error: config: models.{model}.split: {exc}", err=True)
+            raise typer.Exit(EXIT_CONFIG) from exc
+
+
 @contextlib.contextmanager
 def _worker_if_asked(wanted: bool, live: Settings, metrics_port: int) -> Iterator[None]:
     """`drpo worker` beside the proxy: same home and config, and the proxy's managed backend when it
@@ -314,6 +330,7 @@ def serve(
             PromptStore(live.store_dir) as store,
             _worker_if_asked(with_worker, live, worker_metrics_port),
         ):
+            apply_config_splits(store, file_config)
             try:
                 app = create_app(live, file_config, store)
             except ValueError as exc:

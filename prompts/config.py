@@ -45,6 +45,7 @@ The config file maps model ids to backends and per-model options::
         mode: completion              # chat | completion
         system_policy: merge          # merge | replace | client
         k: 2                          # examples per request (overrides the artifact)
+        split: {3f2a9c: 90, 7be01d: 10}   # A/B over stored versions, applied when `drpo serve` starts
     default_backend: local
     registry: redis://redis:6379/0  # optional: replicas share versions through Redis
     refresh:                          # background refresh by `drpo worker`, per model id
@@ -124,6 +125,16 @@ class ModelOptions(BaseModel):
     mode: Literal["chat", "completion"] | None = None
     system_policy: SystemPolicy = "merge"
     k: int | None = Field(default=None, ge=0, le=16)
+    # An A/B split over stored versions (ids or unique prefixes → weights), applied when `drpo serve`
+    # starts; the admin API and `drpo prompts split` change it at run time.
+    split: dict[str, int] | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None and (not value or any(weight <= 0 for weight in value.values())):
+            raise ValueError("a split needs at least one version, each with a positive weight")
+        return value
 
 
 class RoleConfig(BaseModel):

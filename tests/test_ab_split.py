@@ -116,3 +116,24 @@ def test_cli_split_and_clear(drpo_home: Path) -> None:
     assert bad.exit_code == 1
     cleared = runner.invoke(app, ["prompts", "split", MODEL, "--clear"])
     assert cleared.exit_code == 0 and f"serving {b.version}" in cleared.stdout
+
+
+def test_a_split_in_the_config_file_is_applied_at_start_and_audited(
+    tmp_path: Path, two: tuple[Artifact, Artifact]
+) -> None:
+    import typer
+
+    from drpo.cli_serve import apply_config_splits
+    from prompts.config import FileConfig
+
+    a, b = two
+    config = FileConfig.model_validate({"models": {MODEL: {"split": {a.version[:8]: 3, b.version: 1}}}})
+    with PromptStore(tmp_path / "store") as store:
+        apply_config_splits(store, config)
+        apply_config_splits(store, config)  # unchanged: not written again
+        assert store.split(MODEL) == {a.version: 3, b.version: 1}
+        assert [(e["actor"], e["action"].split()[0]) for e in store.audit_log(MODEL)] == [("config", "split")]
+        with pytest.raises(typer.Exit):
+            apply_config_splits(store, FileConfig.model_validate({"models": {MODEL: {"split": {"zzzz": 1}}}}))
+    with pytest.raises(ValueError, match="positive weight"):
+        FileConfig.model_validate({"models": {MODEL: {"split": {a.version: 0}}}})
