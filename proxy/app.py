@@ -40,6 +40,8 @@ from proxy.readiness import CachedReadiness
 from proxy.routing import Router, build_backends
 from proxy.serving import OpenAIServing
 from proxy.snapshot import ArtifactSnapshot
+from proxy.ui import create_ui_app
+from proxy.ui_session import UiAccess
 from proxy.upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -255,6 +257,19 @@ def create_app(
     if settings.admin_key is not None:
         admin = create_admin_app(store_dir, settings.admin_key.get_secret_value(), settings.admin_key_name, jobs)
         routes.append(Mount("/admin", app=admin))
+    if settings.ui:  # the dashboard: read-only unless logged in with the admin key (DRPO_UI=off removes it)
+        access = UiAccess(
+            settings.admin_key.get_secret_value() if settings.admin_key else None,
+            [k.get_secret_value() for k in settings.api_keys],
+        )
+        ui = create_ui_app(
+            lambda actor: PromptStore(store_dir(), actor=actor),
+            settings.runs_dir,
+            access,
+            f"admin:{settings.admin_key_name}",
+            jobs,
+        )
+        routes.append(Mount("/ui", app=ui))
     app = ProxyApp(
         hot,
         routes=routes,
