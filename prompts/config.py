@@ -61,7 +61,10 @@ anything else (or a static ``models`` list, which is never fetched) means ``open
 ``llamacpp`` the proxy rewrites ``response_format`` ``json_schema`` into llama.cpp's
 ``json_object`` + ``schema`` form, and adds the final usage chunk a stream asked for with
 ``stream_options.include_usage`` when the backend does not send one (prompt tokens are
-then estimated and the usage says ``"estimated": true``).
+then estimated and the usage says ``"estimated": true``). For ``vllm`` it turns llama.cpp's
+``json_object`` + ``schema`` into ``json_schema`` and keeps ``response_format`` in the
+completion layout; vLLM's own usage chunk and extra fields pass through (see
+:mod:`prompts.dialects`).
 """
 
 from __future__ import annotations
