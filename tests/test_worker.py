@@ -396,3 +396,23 @@ def test_one_real_refresh_on_the_embedded_backend(tmp_path: Path, embedded_backe
     else:
         assert run["outcome"] == "candidate" and result.returncode == 4 and active is None
         assert result.stdout.strip() == f"kept {run['candidate']} as candidate: {run['reason']}"
+
+
+def test_a_failing_run_is_recorded_and_the_worker_goes_on_to_the_next_model(
+    tmp_path: Path, fake_backend: FakeOpenAIServer
+) -> None:
+    home = tmp_path / "home"
+    config = write_config(tmp_path / "config.yaml", fake_backend.base_url, TINY)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["refresh"]["a-broken-model"] = {"optimize": {"depth": -1}}  # rejected by drpo optimize: exit 2
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = drpo(home, "worker", "--once", "--config", str(config), "--metrics-port", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("refresh of a-broken-model failed: optimize exited with 2")
+    assert lines[1].startswith("promoted ")
+    with PromptStore(home / "store") as store:
+        [broken] = store.refresh_runs("a-broken-model")
+        [good] = store.refresh_runs(MODEL)
+    assert broken["outcome"] == "failed" and "depth" in broken["error"]
+    assert good["outcome"] == "promoted"
