@@ -49,14 +49,13 @@ from proxy.ui_data import (
 from proxy.ui_session import COOKIE_NAME, SESSION_SECONDS, Role, Session, UiAccess
 
 MAX_FORM_BYTES = 16 * 1024
-JUDGE_CHART_WIDTH = 500  # two side by side in the page width
+CHART_WIDTH = 500  # two charts side by side in the page width
 SECURITY_HEADERS = {
     # No script anywhere; styles and images only from here; never framed (clickjacking on the buttons).
     "content-security-policy": "default-src 'none'; style-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
-    "cache-control": "no-store",  # pages show prompts; keep them out of shared caches
 }
 
 
@@ -177,6 +176,8 @@ def create_ui_app(
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if response.headers.get("content-type", "").startswith("text/html"):
+            response.headers.setdefault("cache-control", "no-store")  # pages show prompts: no shared caches
         return response
 
     @app.exception_handler(_PageError)
@@ -294,13 +295,15 @@ def create_ui_app(
         if report is None:
             raise _PageError(404, f"no eval report {id!r} for {model!r}")
         names, groups = refusal_groups(report)
-        refusal = bar_chart("Refusal rate per label (95% interval)", names, groups, 0.0, 1.0, percent=True)
+        refusal = bar_chart(
+            "Refusal rate per label (95% interval)", names, groups, 0.0, 1.0, percent=True, width=CHART_WIDTH
+        )
         judge_charts = []
         for label in report_labels(report):
             names, groups = judge_groups(report, label)
             if groups:
                 title = f"Judge scores on {label} prompts (1-5, 95% interval)"
-                judge_charts.append((label, bar_chart(title, names, groups, 0.0, 5.0, width=JUDGE_CHART_WIDTH)))
+                judge_charts.append((label, bar_chart(title, names, groups, 0.0, 5.0, width=CHART_WIDTH)))
         return render(
             request,
             "report.html",

@@ -102,7 +102,8 @@ def bar_chart(
     """Grouped bars from ``low`` to ``high`` (0–1 shown as percentages when ``percent``), whiskers low–high."""
     frame = _Frame(low, high, width)
     frame.parts.extend(_open(title, "bar-chart", width))
-    steps = 4
+    span = high - low
+    steps = int(span) if not percent and span == int(span) and 2 <= span <= 10 else 4  # whole-number ticks for 1-5
     _y_axis(frame, [low + (high - low) * i / steps for i in range(steps + 1)], percent)
     slot = frame.plot_w / max(1, len(groups))
     bar_w = min(36.0, slot * 0.8 / max(1, len(series)))
