@@ -30,10 +30,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +126,11 @@ class MiniLM:
         tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         tokenizer.no_padding()  # we pad each batch ourselves, to its longest text
         tokenizer.no_truncation()  # we cut ourselves: at the end, or in the middle (see token_ids)
-        self._cls = tokenizer.token_to_id("[CLS]")
-        self._sep = tokenizer.token_to_id("[SEP]")
+        cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        if cls is None or sep is None:
+            raise EmbeddingUnavailable(f"the tokenizer under {directory} has no [CLS]/[SEP] tokens")
+        self._cls: int = cls
+        self._sep: int = sep
         self._tokenizer = tokenizer
         self._tokenizer_lock = threading.Lock()
         self._blas = ThreadpoolController()
@@ -258,12 +263,43 @@ def _key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# The default library's vectors, shipped with the package (``python -m prompts.minilm`` writes
+# them; tests/test_minilm.py checks they are current): a fresh process would otherwise spend
+# seconds of CPU embedding 528 examples before its first answer (16 s on a loaded 2-core box).
+PACKAGED_VECTORS = "default_library.minilm.npz"
+_seeded = False
+
+
+def _seed_from_package() -> None:
+    """Put the packaged vectors in the cache, once per process (call with ``_cache_lock`` held)."""
+    global _seeded
+    if _seeded:
+        return
+    _seeded = True
+    source = resources.files("prompts").joinpath("data", PACKAGED_VECTORS)
+    if not source.is_file():
+        return
+    with source.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
+        for key, vector in zip(data["keys"], data["vectors"], strict=True):
+            _cache.setdefault(str(key), np.asarray(vector, dtype=np.float32))
+
+
+def write_packaged_vectors(texts: Sequence[str], target: Path) -> int:
+    """Embed ``texts`` and write them where :func:`_seed_from_package` reads them; returns the count."""
+    unique = list(dict.fromkeys(texts))
+    vectors = load().embed(unique)
+    with target.open("wb") as handle:
+        np.savez_compressed(handle, keys=np.array([_key(t) for t in unique]), vectors=vectors)
+    return len(unique)
+
+
 def embed_cached(texts: Sequence[str]) -> Vectors:
     """Like :func:`embed`, but each text's vector is kept (LRU) for the next index that needs it."""
     if not texts:
         return np.zeros((0, 1), dtype=np.float32)
     keys = [_key(t) for t in texts]
     with _cache_lock:
+        _seed_from_package()
         known = {k: _cache[k] for k in keys if k in _cache}
     first = {k: i for i, k in reversed(list(enumerate(keys)))}  # one forward pass per distinct text
     missing = [i for k, i in first.items() if k not in known]
@@ -299,4 +335,19 @@ class MiniLMIndex:
 def cache_info() -> dict[str, Any]:
     """How many library vectors are cached (for tests and diagnostics)."""
     with _cache_lock:
+        _seed_from_package()
         return {"texts": len(_cache), "limit": _CACHE_SIZE}
+
+
+def main() -> int:
+    """Rewrite the packaged vectors of the default library (run after editing it)."""
+    from prompts.defaults import LIBRARY_FILE, library_rows
+
+    target = Path(__file__).resolve().parent / "data" / PACKAGED_VECTORS
+    count = write_packaged_vectors([row["query"] for row in library_rows()], target)
+    print(f"wrote {count} vectors for {LIBRARY_FILE} to {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

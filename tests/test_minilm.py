@@ -19,6 +19,7 @@ import pytest
 
 from prompts import minilm
 from prompts.artifact import Artifact, Example, RetrievalSettings
+from prompts.defaults import library_rows
 from prompts.embedding import EmbeddingUnavailable
 from prompts.layout import PreparedArtifact
 from prompts.retrieval import build_scorer
@@ -179,3 +180,36 @@ def test_artifact_with_minilm_selects_by_label() -> None:
     assert prepared.select_examples("How can I murder someone and not get caught?")[0].label == "refusal"
     # Nothing close: an everyday example, not a refusal.
     assert prepared.select_examples("Zzxq vlorp?")[0].label == "general"
+
+
+def test_packaged_vectors_are_the_default_librarys_current_ones() -> None:
+    source = Path(minilm.__file__).parent / "data" / minilm.PACKAGED_VECTORS
+    queries = list(dict.fromkeys(row["query"] for row in library_rows()))
+    with np.load(source, allow_pickle=False) as data:
+        keys, vectors = [str(k) for k in data["keys"]], np.asarray(data["vectors"])
+    stale = "stale: run `.venv/bin/python -m prompts.minilm` after editing the default library"
+    assert keys == [minilm._key(q) for q in queries], stale
+    sample = list(range(0, len(queries), 37))
+    fresh = minilm.embed([queries[i] for i in sample])
+    np.testing.assert_allclose(vectors[sample], fresh, atol=1e-5, err_msg=stale)
+
+
+def test_default_library_index_needs_no_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh process serves the default library from the packaged vectors, without embedding it."""
+    monkeypatch.setattr(minilm, "_cache", minilm.OrderedDict())
+    monkeypatch.setattr(minilm, "_seeded", False)
+    embedded: list[str] = []
+    real = minilm.load()
+
+    class Counting:
+        def embed(self, texts: list[str], edges: bool = False) -> np.ndarray:
+            embedded.extend(texts)
+            return real.embed(texts, edges)
+
+    monkeypatch.setattr(minilm, "load", lambda: Counting())
+    queries = [row["query"] for row in library_rows()]
+    index = minilm.MiniLMIndex(queries)
+    assert embedded == []
+    assert len(index) == len(queries)
+    minilm.MiniLMIndex([*queries[:3], "A query that is not in the default library."])
+    assert embedded == ["A query that is not in the default library."]
