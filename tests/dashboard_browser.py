@@ -48,14 +48,21 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@contextmanager
-def launched_chromium(profile: Path) -> Iterator[Any]:
-    """The system Chromium, headless, with a fresh profile directory; yields a Playwright browser context."""
+def require_chromium() -> str:
+    """The Chromium executable, after checking Playwright is there too (else skip, or fail when required)."""
     executable = chromium_path()
     if executable is None:
         _unavailable("Chromium is not installed (apt-get install chromium chromium-driver)")
     if importlib.util.find_spec("playwright") is None:
         _unavailable("Playwright for Python is not installed (pip install '.[test]')")
+    assert executable is not None
+    return executable
+
+
+@contextmanager
+def launched_chromium(profile: Path) -> Iterator[Any]:
+    """The system Chromium, headless, with a fresh profile directory; yields a Playwright browser context."""
+    executable = require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -27,7 +27,7 @@ from prompts.config import EMBEDDED_MODEL_ID, get_settings
 from prompts.defaults import default_artifact
 from prompts.store import PromptStore
 from proxy.app import create_app
-from tests.dashboard_browser import artifacts_dir, launched_chromium
+from tests.dashboard_browser import artifacts_dir, launched_chromium, require_chromium
 from tests.fakes.proxy_harness import make_artifact, make_settings
 from tests.fakes.server_thread import ServerThread
 
@@ -63,6 +63,7 @@ def _drpo(*args: str) -> str:
 @pytest.fixture(scope="module")
 def filled(embedded_backend: EmbeddedBackend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """DRPO_HOME with a real optimization run and eval report, plus a few hand-made records."""
+    require_chromium()  # before minutes of optimizing, not after
     home = tmp_path_factory.mktemp("dashboard") / "home"
     queries = home.parent / "queries.txt"
     queries.write_text("\n".join(QUERIES) + "\n")

@@ -1,4 +1,5 @@
-"""The dashboard's pieces without a browser: SVG charts, run checkpoints read as JSON, report charts."""
+"""The dashboard's pieces without a browser: SVG charts, run checkpoints read as JSON, report charts, and
+what a missing browser does to the browser tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from proxy.ui_charts import Bar, BarGroup, Marker, Series, bar_chart, line_chart
 from proxy.ui_data import judge_groups, list_runs, load_run, refusal_groups, report_labels, reward_curve
+from tests.dashboard_browser import launched_chromium
 
 
 def _node(node_id: str, level: int, action: str, rewards: list[float | None]) -> dict[str, object]:
@@ -87,3 +91,15 @@ def test_report_charts_take_refusal_per_label_and_judge_per_aspect() -> None:
     _, harmful = judge_groups(report, "harmful")
     assert [(g.label, [b.value for b in g.bars]) for g in harmful] == [("Helpfulness", [None, 2.0])]
     assert harmful[0].bars[1].low == 1.0
+
+
+def test_a_missing_chromium_fails_under_required_integration_and_skips_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRPO_CHROMIUM", str(tmp_path / "no-such-chromium"))
+    monkeypatch.setenv("DRPO_REQUIRE_INTEGRATION", "1")
+    with pytest.raises(pytest.fail.Exception, match="Chromium is not installed"), launched_chromium(tmp_path):
+        pass
+    monkeypatch.delenv("DRPO_REQUIRE_INTEGRATION")
+    with pytest.raises(pytest.skip.Exception), launched_chromium(tmp_path):
+        pass
