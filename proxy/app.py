@@ -262,8 +262,14 @@ def create_app(
             settings.admin_key.get_secret_value() if settings.admin_key else None,
             [k.get_secret_value() for k in settings.api_keys],
         )
+
+        def ui_store(actor: str | None) -> PromptStore:
+            # With a shared registry a change goes through Redis like every other writer's, not only to this copy.
+            registry = holder.store.registry if holder.store is not None else None
+            return PromptStore(store_dir(), actor, registry)
+
         ui = create_ui_app(
-            lambda actor: PromptStore(store_dir(), actor=actor),
+            ui_store,
             settings.runs_dir,
             access,
             f"admin:{settings.admin_key_name}",

@@ -6,7 +6,9 @@ mounted or not, private reading with client keys, login, the session cookie, for
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
+from prompts.registry import Registry
 from prompts.store import PromptStore
 from proxy.app import create_app
 from proxy.ui_session import SESSION_SECONDS, UiAccess
 from tests.fakes.proxy_harness import make_artifact, make_settings
 from tests.fakes.server_thread import ServerThread
+from tests.redis_server import RedisServer
 
 MODEL = "org/model"
 ADMIN_KEY = "admin-key-for-the-dashboard"
@@ -170,3 +174,39 @@ def test_missing_things_are_404_and_run_ids_cannot_leave_the_runs_dir(
     assert admin_server.get("/ui/report", params={"model": MODEL, "id": f"{MODEL}#9"}).status_code == 404
     assert admin_server.get("/ui/job", params={"id": "x"}).status_code == 403
     assert admin_server.get("/ui/static/dashboard.css").headers["content-type"].startswith("text/css")
+
+
+def test_with_a_shared_registry_a_change_made_on_one_replica_reaches_the_other(tmp_path: Path) -> None:
+    try:
+        redis_server = RedisServer(tmp_path)
+    except FileNotFoundError as exc:
+        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
+            pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but {exc}")
+        pytest.skip(str(exc))
+    redis_server.start()
+    url = redis_server.url
+    try:
+        with PromptStore(tmp_path / "cli", actor="cli:test", registry=Registry.shared(url)) as cli:
+            first = cli.put(make_artifact(MODEL, system_prompt="one"), activate=True).version
+            second = cli.put(make_artifact(MODEL, system_prompt="two")).version
+        overrides = {"admin_key": ADMIN_KEY, "registry_url": url}
+        with (
+            _serve(tmp_path / "r1", **overrides) as one,
+            _serve(tmp_path / "r2", **overrides) as two,
+            httpx.Client(base_url=one.url) as c,
+        ):
+            _login(c, ADMIN_KEY)
+            token = _form_token(c.get("/ui/model", params={"model": MODEL}).text)
+            assert c.post("/ui/activate", data={"model": MODEL, "version": second, "csrf": token}).status_code == 303
+            deadline = time.monotonic() + 10
+            while _served_by(two.url) != second and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _served_by(two.url) == second and first != second
+    finally:
+        redis_server.stop()
+
+
+def _served_by(base: str) -> str | None:
+    page = httpx.get(f"{base}/ui/model", params={"model": MODEL}).text
+    match = re.search(r'<tr data-version="([0-9a-f]+)" class="active">', page)
+    return match.group(1) if match else None
