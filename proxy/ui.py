@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 from prompts.artifact import Artifact
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.diff import artifact_diff
-from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError
+from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError, RegistryConflict, RegistryUnavailable
 from prompts.served import served_artifact
 from prompts.store import PromptStore
 from proxy.jobs import JobBusy, JobRunner
@@ -191,7 +191,13 @@ def create_ui_app(
 
     @app.exception_handler(PromptsError)
     async def prompts_error(request: Request, exc: PromptsError) -> HTMLResponse:
-        status = 404 if isinstance(exc, ArtifactNotFound) else 409 if isinstance(exc, NothingToRollBack) else 400
+        status = 400
+        if isinstance(exc, ArtifactNotFound):
+            status = 404
+        elif isinstance(exc, NothingToRollBack | RegistryConflict):
+            status = 409
+        elif isinstance(exc, RegistryUnavailable):
+            status = 503  # nothing was changed: the shared registry is down
         return render(request, "error.html", status, message=str(exc), status=status)
 
     # -- reading -------------------------------------------------------------------------------------

@@ -202,6 +202,11 @@ def test_with_a_shared_registry_a_change_made_on_one_replica_reaches_the_other(t
             while _served_by(two.url) != second and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert _served_by(two.url) == second and first != second
+
+            redis_server.stop()  # a change while Redis is down is refused, not made on one copy only
+            refused = c.post("/ui/rollback", data={"model": MODEL, "csrf": token})
+            assert refused.status_code == 503
+            assert _served_by(one.url) == _served_by(two.url) == second
     finally:
         redis_server.stop()
 
