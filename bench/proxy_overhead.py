@@ -217,7 +217,16 @@ class Connection:
         reader, writer = await self._ensure()
         start = time.perf_counter()
         writer.write(self._request(body))
-        status, headers = await self._head(reader)
+        try:
+            status, headers = await self._head(reader)
+        except asyncio.IncompleteReadError:
+            # The server closed a keep-alive connection that sat idle past its timeout (a slow
+            # method's throughput round can outlast it): reconnect once, time the retry only.
+            self.reader = self.writer = None
+            reader, writer = await self._ensure()
+            start = time.perf_counter()
+            writer.write(self._request(body))
+            status, headers = await self._head(reader)
         content = await reader.readexactly(int(headers[b"content-length"]))
         elapsed = time.perf_counter() - start
         if status != 200:
@@ -440,7 +449,7 @@ def main() -> None:
     parser.add_argument(
         "--retrieval",
         default="bm25",
-        help="comma-separated methods (bm25,embedding,hybrid), one proxy each",
+        help="comma-separated methods (bm25,embedding,hybrid,minilm), one proxy each",
     )
     parser.add_argument("--library-size", type=int, default=100, help="examples in the benchmark artifact")
     args = parser.parse_args()

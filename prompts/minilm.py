@@ -68,6 +68,15 @@ def model_dir() -> Path:
     return directory
 
 
+def available() -> bool:
+    """Whether the weights are installed (without loading them)."""
+    try:
+        model_dir()
+    except EmbeddingUnavailable:
+        return False
+    return True
+
+
 def _erf(x: Array) -> Array:
     """erf to about 1e-7 (Abramowitz and Stegun 7.1.26); numpy has none and scipy is not a dependency."""
     sign = np.sign(x)

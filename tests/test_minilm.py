@@ -213,3 +213,15 @@ def test_default_library_index_needs_no_forward_pass(monkeypatch: pytest.MonkeyP
     assert len(index) == len(queries)
     minilm.MiniLMIndex([*queries[:3], "A query that is not in the default library."])
     assert embedded == ["A query that is not in the default library."]
+
+
+def test_default_uses_minilm_when_installed_and_wordllama_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prompts import defaults
+
+    assert minilm.available()
+    assert defaults.default_retrieval() == defaults.DEFAULT_RETRIEVAL
+    assert defaults.default_artifact().retrieval.method == "minilm"
+    monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
+    assert not minilm.available()
+    assert defaults.default_retrieval() == defaults.WORDLLAMA_RETRIEVAL
+    assert defaults.WORDLLAMA_RETRIEVAL.method == "embedding"
