@@ -241,11 +241,12 @@ class FakeOpenAIServer:
         self,
         latency: float = 0.2,
         model: str = "fake-model",
-        reply: Callable[[str, dict[str, Any]], str] = default_reply,
+        reply: Callable[[str, dict[str, Any]], str] | None = None,
     ) -> None:
         self.latency = latency
         self.model = model
-        self.reply = reply  # (role, request body) -> reply text
+        # (role, request body) -> reply text; default_reply is looked up per call so tests can patch it
+        self.reply = reply
         self.phase = "default"
         self.records: list[Served] = []
         self._lock = threading.Lock()
@@ -292,7 +293,7 @@ class FakeOpenAIServer:
             self.records.append(Served(key, role, self.phase, delivered))
         if not delivered:
             return
-        text = self.reply(role, body)
+        text = (self.reply or default_reply)(role, body)
         usage = {"prompt_tokens": len(_all_text(body)) // 4, "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         now = int(time.time())

@@ -358,16 +358,18 @@ REAL_GATE = [
 ]
 
 
+@pytest.mark.timeout(900)  # a few real generations; slow only on a loaded machine
 def test_one_real_refresh_on_the_embedded_backend(tmp_path: Path, embedded_backend: Any) -> None:
     """optimize → eval → gate → activate or keep, unattended, on SmolLM2 for real (a tiny run)."""
     from prompts.config import EMBEDDED_MODEL_ID
 
     gate_file = tmp_path / "gate.jsonl"
     gate_file.write_text("".join(json.dumps({"query": q, "label": lab}) + "\n" for q, lab in REAL_GATE))
+    # As small as a real run gets (a handful of calls): the point is the unattended loop, not the search.
     optimize = {
-        "depth": 1, "beam": 1, "actions": 1, "icl_queries": 1, "icl_iters": 1, "val_size": 2,
-        "library_rounds": 0, "batch_size": 2, "max_depth_increase": 0, "k": 1,
-        "target_max_tokens": 40, "judge_max_tokens": 100, "selector_max_tokens": 80, "optimizer_max_tokens": 120,
+        "depth": 0, "max_depth_increase": 0, "batch_size": 1, "icl_queries": 1, "icl_iters": 0, "val_size": 1,
+        "library_rounds": 0, "k": 1,
+        "target_max_tokens": 32, "judge_max_tokens": 100, "selector_max_tokens": 80,
     }  # fmt: skip
     config = tmp_path / "config.yaml"
     refresh = {"optimize": optimize, "gate": {"eval_set": str(gate_file), "max_tokens": 24}}
