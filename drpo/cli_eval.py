@@ -21,7 +21,7 @@ from optimizer.evaluate import RAW, Condition
 from prompts.config import ConfigError, Settings, get_settings
 from prompts.errors import PromptsError
 from prompts.served import artifact_by_spec
-from prompts.store import PromptStore, write_atomic
+from prompts.store import PromptStore, open_store, write_atomic
 
 HELP = """Answer labelled prompts under one or more prompt versions of MODEL, exactly as the proxy serves them, and report refusal rates per label (harmful: higher is better; lookalike and ordinary: lower is better) with 95% bootstrap intervals and paired comparisons.
 
@@ -173,7 +173,7 @@ def eval_command(
         console.print("error: --pairwise takes two versions (V1,V2) and needs --judge-url or --judge-model")
         raise typer.Exit(2)
     try:
-        with PromptStore(settings.store_dir) as store:
+        with open_store(settings) as store:
             wanted = _split_list(versions) + [v for v in pair if v != RAW]
             conditions = _resolve_conditions(store, model, wanted, all_candidates, include_raw or RAW in pair)
             names = [_resolve_conditions(store, model, [v], False, False)[0].name if v != RAW else RAW for v in pair]
@@ -194,7 +194,7 @@ def eval_command(
         write_atomic(out, orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         console.print(f"report written to {out}", highlight=False)
     if store_report:
-        with PromptStore(settings.store_dir) as store:
+        with open_store(settings) as store:
             report_id = store.add_eval_report(model, _without_answers(report))
         console.print(f"report stored as {report_id}", highlight=False)
     sys.stdout.write(orjson.dumps(_summary_line(report)).decode() + "\n")

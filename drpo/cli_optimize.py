@@ -38,6 +38,7 @@ from optimizer.openai_transport import OpenAITransport
 from optimizer.run import Optimization, Paths, Roles, RunOutcome, initial_state, print_summary
 from prompts.artifact import Layout
 from prompts.config import ConfigError, FileConfig, Settings, get_settings
+from prompts.store import registry_url
 
 EMBEDDED = "embedded"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -285,7 +286,7 @@ def optimize(
         raise typer.Exit(2) from exc
     if json_dialect not in ("auto", "json_schema", "json_object", "none"):
         raise typer.BadParameter("must be auto, json_schema, json_object or none", param_hint="--json-dialect")
-    paths = Paths(settings.runs_dir, settings.cache_dir, settings.store_dir)
+    paths = Paths(settings.runs_dir, settings.cache_dir, settings.store_dir, registry_url(settings))
     try:
         if resume:
             run_dir = RunDir(paths.runs_dir, resume)

@@ -15,7 +15,7 @@ from optimizer.evalsets import BUILTIN_VAL, SET_NAMES
 from optimizer.gate import DEFAULT_MARGIN
 from prompts.config import ConfigError, Settings, get_settings
 from prompts.errors import PromptsError
-from prompts.store import PromptStore
+from prompts.store import open_store
 
 HELP = (
     "Activate VERSION of MODEL only if, on labelled prompts (default: the packaged validation set), it is no "
@@ -47,7 +47,7 @@ def promote(
         settings = Settings(config=config) if config else get_settings()
         file_config = settings.file_config()
         if force:
-            with PromptStore(settings.store_dir, actor=cli_actor()) as store:
+            with open_store(settings, actor=cli_actor()) as store:
                 resolved = store.activate(model, version, action="promote --force")
             typer.echo(f"promoted {resolved} (forced, gate skipped)")
             return

@@ -29,7 +29,7 @@ from prompts.diff import artifact_diff
 from prompts.errors import InvalidArtifact, PromptsError
 from prompts.import_drpo import import_drpo_dir
 from prompts.served import artifact_by_spec, served_artifact
-from prompts.store import PromptStore, VersionInfo, parse_artifact, write_atomic
+from prompts.store import PromptStore, VersionInfo, open_store, parse_artifact, write_atomic
 
 app = typer.Typer(help="Inspect and change stored prompt artifacts.", no_args_is_help=True)
 
@@ -50,7 +50,7 @@ def _store() -> Iterator[PromptStore]:
     except ValidationError as exc:
         raise _fail(f"invalid DRPO_* environment: {exc.errors()[0].get('msg', exc)}") from exc
     try:
-        with PromptStore(settings.store_dir, actor=cli_actor()) as store:
+        with open_store(settings, actor=cli_actor()) as store:
             yield store
     except (PromptsError, ConfigError) as exc:
         raise _fail(str(exc)) from exc

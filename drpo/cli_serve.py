@@ -37,7 +37,7 @@ from prompts.config import (
     load_config_file,
 )
 from prompts.errors import PromptsError
-from prompts.store import PromptStore
+from prompts.store import PromptStore, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def apply_config_splits(store: PromptStore, file_config: FileConfig) -> None:
         if options.split is None:
             continue
         try:
-            with PromptStore(store.directory, actor="config") as writer:
+            with PromptStore(store.directory, actor="config", registry=store.registry) as writer:
                 resolved = {writer.get(model, v).version: w for v, w in options.split.items()}
                 if writer.split(model) != resolved:
                     writer.set_split(model, resolved)
@@ -327,7 +327,7 @@ def serve(
     try:
         with (
             _managed_if_needed(settings, engine, model, extra_args, start_managed) as live,
-            PromptStore(live.store_dir) as store,
+            open_store(live, directory=live.store_dir, file_config=file_config) as store,
             _worker_if_asked(with_worker, live, worker_metrics_port),
         ):
             apply_config_splits(store, file_config)

@@ -22,7 +22,7 @@ from optimizer.evaluate import Condition
 from optimizer.gate import DEFAULT_MARGIN, GateDecision, Objective, decide
 from prompts.config import Settings
 from prompts.served import served_artifact
-from prompts.store import PromptStore
+from prompts.store import open_store
 
 EXIT_KEPT_AS_CANDIDATE = 4
 GATE_MAX_TOKENS = 96  # refusal is read from an answer's opening; short answers keep the gate cheap
@@ -69,7 +69,7 @@ def gate_and_activate(
     actor: str | None = None,
 ) -> GateOutcome:
     """Evaluate ``version`` against the live baseline; activate it only if the gate passes."""
-    with PromptStore(settings.store_dir) as store:
+    with open_store(settings) as store:
         candidate = store.get(model, version)
         active = store.active_version(model)
         baseline_artifact, _ = served_artifact(store, model)
@@ -90,7 +90,7 @@ def gate_and_activate(
     report = run_eval(console, settings, job, quiet=quiet)
     decision = decide(report, candidate.version, baseline_name, margin=gate.margin, objective=gate.objective)
     stored = {k: v for k, v in report.items() if k != "answers"}
-    with PromptStore(settings.store_dir, actor=actor) as store:
+    with open_store(settings, actor=actor) as store:
         if decision.promote and store.active_version(model) != active:
             decision = GateDecision(False, "the active version changed while the gate ran; run it again")
         stored["gate"] = {**decision.as_dict(), "margin": gate.margin, "objective": gate.objective}

@@ -37,7 +37,7 @@ from drpo.worker_metrics import WorkerMetrics
 from optimizer.checkpoint import RunDir, new_run_id
 from optimizer.evalsets import SET_NAMES
 from prompts.config import ConfigError, RefreshOptions, Settings
-from prompts.store import PromptStore
+from prompts.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class RefreshRunner:
             return self._run_locked(model, options, trigger)
 
     def _run_locked(self, model: str, options: RefreshOptions, trigger: str) -> RefreshResult:
-        with PromptStore(self.settings.store_dir) as store:
+        with open_store(self.settings) as store:
             record = store.current_refresh(model)
             if record is None:
                 record = store.begin_refresh(
@@ -225,7 +225,7 @@ class RefreshRunner:
                 return self._finish(model, outcome, error=f"optimize exited with {code}: {reason}", **_spend(state))
         if state.artifact_version is None:
             return self._finish(model, "failed", error="the optimizer finished without a version", **_spend(state))
-        with PromptStore(self.settings.store_dir) as store:
+        with open_store(self.settings) as store:
             return store.update_refresh(model, stage="gate", candidate=state.artifact_version, **_spend(state))
 
     def _gate(self, model: str, options: RefreshOptions, record: dict[str, Any], log: Path) -> RefreshResult:
@@ -233,7 +233,7 @@ class RefreshRunner:
         code = self._child_run(["prompts", "promote", model, version, *gate_args(options)], log)
         if self.stop.is_set() and code not in (0, 1, EXIT_KEPT_AS_CANDIDATE):
             raise Stopping
-        with PromptStore(self.settings.store_dir) as store:
+        with open_store(self.settings) as store:
             reports = store.eval_reports(model, version)
         gate = next((r["gate"] for r in reversed(reports) if "gate" in r), None)
         scores = {"candidate": gate.get("candidate", {}), "baseline": gate.get("baseline", {})} if gate else {}
@@ -246,7 +246,7 @@ class RefreshRunner:
         return self._finish(model, "failed", error=f"the gate exited with {code}: {_tail(log)}")
 
     def _finish(self, model: str, outcome: Outcome, **fields: Any) -> RefreshResult:
-        with PromptStore(self.settings.store_dir, actor=WORKER_ACTOR) as store:
+        with open_store(self.settings, actor=WORKER_ACTOR) as store:
             record = store.finish_refresh(model, outcome, ended_at=self.clock().isoformat(), **fields)
         return self._finished(model, record)
 

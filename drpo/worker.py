@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from drpo.refresh import RefreshResult, RefreshRunner
 from prompts.config import RefreshOptions
 from prompts.schedule import Schedule
-from prompts.store import PromptStore
+from prompts.store import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Worker:
 
     def next_due(self, model: str, now: datetime | None = None) -> datetime:
         now = now or self.clock()
-        with PromptStore(self.runner.settings.store_dir) as store:
+        with open_store(self.runner.settings) as store:
             if store.current_refresh(model) is not None:
                 return datetime.min.replace(tzinfo=UTC)  # unfinished: resume before anything else
             last = store.last_refresh(model)

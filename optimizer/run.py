@@ -34,7 +34,7 @@ from optimizer.progress import ProgressView, summary_table
 from optimizer.rewarding import Rewarder
 from optimizer.target import Candidate, Target
 from prompts.artifact import Artifact, Example, Provenance, RetrievalSettings
-from prompts.store import PromptStore
+from prompts.store import open_store_at
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Paths:
     runs_dir: Path
     cache_dir: Path
     store_dir: Path
+    registry_url: str | None = None  # the shared registry the store mirrors, if any
 
 
 @dataclass
@@ -368,7 +369,7 @@ class Optimization:
         if initial_val is not None:
             val_metrics["initial"] = report(initial_val.evaluations, self.config.seed)
         library = self.state.library
-        with PromptStore(self.paths.store_dir) as store:
+        with open_store_at(self.paths.store_dir, self.paths.registry_url) as store:
             parent = store.active_version(self.config.model)
             artifact = Artifact(
                 model=self.config.model,

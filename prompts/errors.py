@@ -31,7 +31,14 @@ class RegistryError(PromptsError):
 
 
 class RegistryUnavailable(RegistryError):
-    pass
+    """Redis cannot be reached; ``reason`` says where and why, the message adds what it means."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"{reason}; nothing was changed. Changes are refused while the registry is down so that replicas "
+            "never diverge (they keep serving their last state); try again once it is back."
+        )
+        self.reason = reason
 
 
 class RegistryConflict(RegistryError):

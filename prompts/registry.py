@@ -197,11 +197,7 @@ class Registry:
         self.client.close()
 
     def unavailable(self, exc: Exception) -> RegistryUnavailable:
-        return RegistryUnavailable(
-            f"the prompt registry at {self.location} cannot be reached ({exc}); nothing was changed. "
-            "Changes are refused while it is down so that replicas never diverge (they keep serving "
-            "their last state); try again once it is back."
-        )
+        return RegistryUnavailable(f"the prompt registry at {self.location} cannot be reached ({exc})")
 
     # -- reading -----------------------------------------------------------------
 

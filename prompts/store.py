@@ -483,12 +483,16 @@ def open_store(
     With a registry it catches up once on open, so what it reads is the shared state; when
     Redis is down it says so and reads this machine's copy (changes are then refused).
     """
-    url = registry_url(settings, file_config)
-    store = PromptStore(directory or settings.store_dir, actor, Registry.shared(url) if url else None)
+    return open_store_at(directory or settings.store_dir, registry_url(settings, file_config), actor)
+
+
+def open_store_at(directory: Path, registry: str | None, actor: str | None = None) -> PromptStore:
+    """:func:`open_store` for a caller with a directory and a registry URL instead of settings."""
+    store = PromptStore(directory, actor, Registry.shared(registry) if registry else None)
     try:
         store.sync_registry()
     except RegistryUnavailable as exc:
-        logger.warning("%s Reading this machine's copy.", str(exc).split("; nothing was changed")[0])
+        logger.warning("%s; reading this machine's copy (changes are refused until it is back)", exc.reason)
     except BaseException:
         store.close()
         raise

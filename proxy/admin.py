@@ -23,7 +23,8 @@ from pydantic import BaseModel, ConfigDict
 
 from prompts.defaults import DEFAULT_MODEL_ID, default_artifact
 from prompts.diff import artifact_diff
-from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError
+from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError, RegistryConflict, RegistryUnavailable
+from prompts.registry import Registry
 from prompts.served import artifact_by_spec
 from prompts.store import PromptStore
 from proxy.auth import bearer_token, matches_any
@@ -119,7 +120,11 @@ class _AdminError(Exception):
 
 
 def create_admin_app(
-    store_dir: Callable[[], Path], admin_key: str, key_name: str, jobs: JobRunner | None = None
+    store_dir: Callable[[], Path],
+    admin_key: str,
+    key_name: str,
+    jobs: JobRunner | None = None,
+    registry: Callable[[], Registry | None] = lambda: None,
 ) -> FastAPI:
     """The admin sub-application; ``store_dir`` gives the proxy's store directory at request time.
 
@@ -140,7 +145,7 @@ def create_admin_app(
 
     @contextmanager
     def store() -> Iterator[PromptStore]:
-        with PromptStore(store_dir(), actor=actor) as opened:
+        with PromptStore(store_dir(), actor=actor, registry=registry()) as opened:
             yield opened
 
     @app.exception_handler(_AdminError)
@@ -151,7 +156,10 @@ def create_admin_app(
     @app.exception_handler(PromptsError)
     async def prompts_error(request: Request, exc: PromptsError) -> JSONResponse:
         status = 404 if isinstance(exc, ArtifactNotFound) else 409 if isinstance(exc, NothingToRollBack) else 400
-        return JSONResponse(_error(str(exc), "invalid_request_error"), status_code=status)
+        if isinstance(exc, RegistryUnavailable | RegistryConflict):  # the shared registry refused: retry later
+            status = 503 if isinstance(exc, RegistryUnavailable) else 409
+        headers = {"retry-after": "1"} if status == 503 else None
+        return JSONResponse(_error(str(exc), "invalid_request_error"), status_code=status, headers=headers)
 
     guard = [Depends(authorised)]
 

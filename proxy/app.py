@@ -255,7 +255,13 @@ def create_app(
         return holder.store.directory if holder.store is not None else settings.store_dir
 
     if settings.admin_key is not None:
-        admin = create_admin_app(store_dir, settings.admin_key.get_secret_value(), settings.admin_key_name, jobs)
+        admin = create_admin_app(
+            store_dir,
+            settings.admin_key.get_secret_value(),
+            settings.admin_key_name,
+            jobs,
+            registry=lambda: holder.store.registry if holder.store is not None else None,
+        )
         routes.append(Mount("/admin", app=admin))
     if settings.ui:  # the dashboard: read-only unless logged in with the admin key (DRPO_UI=off removes it)
         access = UiAccess(

@@ -288,3 +288,59 @@ def test_open_store_takes_the_registry_from_the_environment_before_the_config_fi
     redis_server.stop()
     with open_store(from_env) as store:  # Redis down: reads this machine's copy, says so in the log
         assert store.get(MODEL).system_prompt == "one"
+
+
+def test_the_cli_writes_through_the_registry_and_refuses_while_it_is_down(
+    tmp_path: Path, redis_server: RedisServer, registry: Registry, drpo_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from drpo.cli import app
+    from prompts.config import get_settings
+
+    monkeypatch.setenv("DRPO_REGISTRY_URL", redis_server.url)
+    get_settings.cache_clear()
+    one, two = _artifact("one"), _artifact("two")
+    for number, artifact in enumerate((one, two)):
+        (tmp_path / f"{number}.json").write_bytes(artifact.to_json())
+        result = CliRunner().invoke(app, ["prompts", "import", str(tmp_path / f"{number}.json"), "--activate"])
+        assert result.exit_code == 0, result.output
+    with _store(tmp_path, "replica", registry) as replica:
+        replica.sync_registry()
+        assert replica.active_version(MODEL) == two.version
+        assert {e["actor"].split(":")[0] for e in replica.audit_log(MODEL)} == {"cli"}
+
+    redis_server.stop()
+    result = CliRunner().invoke(app, ["prompts", "rollback", MODEL])
+    assert result.exit_code == 1 and "nothing was changed" in result.output
+    listed = CliRunner().invoke(app, ["prompts", "list"])  # reading works from this machine's copy
+    assert listed.exit_code == 0 and MODEL in listed.output
+
+
+def test_the_admin_api_of_one_replica_changes_every_replica(tmp_path: Path, redis_server: RedisServer) -> None:
+    from pydantic import SecretStr
+
+    url, admin = redis_server.url, {"authorization": "Bearer admin-secret"}
+    with (
+        FakeBackend(models=(MODEL,)) as backend,
+        running_proxy(
+            make_settings(tmp_path / "r1", backend.url, registry_url=url, admin_key=SecretStr("admin-secret"))
+        ) as one,
+        running_proxy(make_settings(tmp_path / "r2", backend.url, registry_url=url)) as two,
+        PromptStore(tmp_path / "cli", actor="cli:test", registry=Registry.shared(url)) as cli,
+    ):
+        v1 = cli.put(_artifact("one"), activate=True)
+        v2 = cli.put(_artifact("two"))
+        _eventually(lambda: _served(two) == v1.version, "the second replica serves v1")
+        response = httpx.post(
+            one + "/admin/activate", params={"model": MODEL}, json={"version": v2.version}, headers=admin
+        )
+        assert response.status_code == 200, response.text
+        _eventually(lambda: _served(two) == v2.version, "the second replica serves what the first one's admin API set")
+        cli.sync_registry()
+        assert cli.audit_log(MODEL)[-1]["actor"] == "admin:admin"
+
+        redis_server.stop()
+        response = httpx.post(one + "/admin/rollback", params={"model": MODEL}, headers=admin, timeout=30)
+        assert response.status_code == 503 and "nothing was changed" in response.json()["error"]["message"]
+        assert _served(one) == _served(two) == v2.version
