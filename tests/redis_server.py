@@ -67,45 +67,54 @@ class RedisServer:
 
 class Cable:
     """A TCP forwarder on its own port in front of Redis: ``cut()`` drops every connection
-    through it and refuses new ones, ``mend()`` lets them through again (a network partition)."""
+    through it and hangs up on new ones, ``mend()`` lets them through again (a network partition).
+
+    The port stays bound for the cable's life: closing and re-binding it would let another
+    process's outgoing connection take the ephemeral port while the cable is cut."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.port = free_port("127.0.0.1")
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._listener: socket.socket | None = None
+        self._open = False
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def mend(self) -> None:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
         with self._lock:
-            self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+            self._open = True
 
     def cut(self) -> None:
         with self._lock:
+            self._open = False
             sockets, self._sockets = self._sockets, set()
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self._listener.accept()
             except OSError:
-                return  # cut
+                return  # closed
+            with self._lock:
+                is_open = self._open
+            if not is_open:
+                client.close()  # cut: hang up at once
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
             except OSError:
@@ -113,7 +122,7 @@ class Cable:
                 continue
             upstream.settimeout(None)
             with self._lock:
-                if self._listener is not listener:  # cut while connecting: drop this pair too
+                if not self._open:  # cut while connecting: drop this pair too
                     client.close()
                     upstream.close()
                     continue

@@ -228,7 +228,7 @@ def test_a_version_published_while_a_replica_was_cut_off_reaches_it(tmp_path: Pa
         assert _served(far) == v1.version
         cable.mend()
         _eventually(lambda: _served(far) == v2.version, "the far replica catches up")
-    cable.cut()
+    cable.close()
 
 
 def test_a_registry_url_must_be_redis() -> None:
@@ -263,7 +263,7 @@ def test_a_replica_follows_a_registry_replaced_whole_even_at_the_same_generation
         assert other.sync_registry() == "seeded"
         cable.mend()
         _eventually(lambda: _served(replica) == w.version, "the replica reloads the replaced copy")
-    cable.cut()
+    cable.close()
 
 
 def test_open_store_takes_the_registry_from_the_environment_before_the_config_file(
