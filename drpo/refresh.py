@@ -37,6 +37,7 @@ from drpo.worker_metrics import WorkerMetrics
 from optimizer.checkpoint import RunDir, new_run_id
 from optimizer.evalsets import SET_NAMES
 from prompts.config import ConfigError, RefreshOptions, Settings
+from prompts.errors import PromptsError
 from prompts.store import open_store
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,13 @@ class RefreshRunner:
             if not held:
                 message = f"a refresh of {model} is already running in another worker"
                 return RefreshResult("busy", message, {})
-            return self._run_locked(model, options, trigger)
+            try:
+                return self._run_locked(model, options, trigger)
+            except PromptsError as exc:
+                # The store refused to record the run (e.g. the shared registry is down): this
+                # tick is lost, the worker is not; an open run is resumed on a later tick.
+                logger.warning("refresh of %s could not be recorded: %s", model, exc)
+                return RefreshResult("failed", f"refresh of {model} could not be recorded: {exc}", {})
 
     def _run_locked(self, model: str, options: RefreshOptions, trigger: str) -> RefreshResult:
         with open_store(self.settings) as store:

@@ -418,3 +418,17 @@ def test_a_failing_run_is_recorded_and_the_worker_goes_on_to_the_next_model(
         [good] = store.refresh_runs(MODEL)
     assert broken["outcome"] == "failed" and "depth" in broken["error"]
     assert good["outcome"] == "promoted"
+
+
+def test_a_store_that_refuses_to_record_loses_the_tick_not_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import drpo.refresh
+    from prompts.errors import RegistryUnavailable
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RegistryUnavailable("prompt registry at redis://x is unreachable; nothing was changed")
+
+    monkeypatch.setattr(drpo.refresh, "open_store", refuse)
+    result = RefreshRunner(Settings(home=tmp_path)).run(MODEL, RefreshOptions(), trigger="schedule")
+    assert result.outcome == "failed" and "could not be recorded" in result.message and result.record == {}
