@@ -2,8 +2,8 @@
 
 Why WordLlama: it installs from the package index *with* its 256-dimensional weights and
 tokenizer, runs on the CPU without a model hub, and embeds a short query in well under a
-tenth of a millisecond, so it can sit on the proxy's request path. (Contextual encoders
-such as MiniLM understand more but cost milliseconds per query and need torch.)
+tenth of a millisecond, so it can sit on the proxy's request path. (The contextual encoder
+in :mod:`prompts.minilm` understands more but costs milliseconds per query.)
 
 Its loader looks for the bundled tokenizer in the wrong folder and would then try the
 network, so it is loaded with ``cache_dir`` set to the package's own directory and
