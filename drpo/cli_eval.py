@@ -193,11 +193,16 @@ def eval_command(
     if out:
         write_atomic(out, orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         console.print(f"report written to {out}", highlight=False)
-    if store_report:
-        with open_store(settings) as store:
-            report_id = store.add_eval_report(model, _without_answers(report))
-        console.print(f"report stored as {report_id}", highlight=False)
     sys.stdout.write(orjson.dumps(_summary_line(report)).decode() + "\n")
+    if store_report:
+        try:
+            with open_store(settings) as store:
+                report_id = store.add_eval_report(model, _without_answers(report))
+        except PromptsError as exc:  # e.g. the shared registry is down: the report above is not lost
+            hint = f" (it is in {out})" if out else " (use --out FILE to keep it)"
+            console.print(f"error: the report was not stored: {exc}{hint}", highlight=False)
+            raise typer.Exit(1) from exc
+        console.print(f"report stored as {report_id}", highlight=False)
 
 
 def first_per_label(queries: Sequence[LabelledQuery], limit: int) -> list[LabelledQuery]:

