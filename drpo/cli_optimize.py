@@ -386,7 +386,9 @@ def _new_run_id(requested: str | None, runs_dir: Path) -> str:
     if not RUN_ID_PATTERN.fullmatch(requested):
         raise typer.BadParameter("use 1-64 letters, digits, '.', '_' or '-'", param_hint="--run-id")
     if RunDir(runs_dir, requested).exists():
-        raise typer.BadParameter(f"run {requested} exists; continue it with --resume {requested}", param_hint="--run-id")
+        raise typer.BadParameter(
+            f"run {requested} exists; continue it with --resume {requested}", param_hint="--run-id"
+        )
     return requested
 
 

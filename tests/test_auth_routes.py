@@ -128,9 +128,7 @@ def test_without_keys_configured_every_v1_route_is_open(
         assert call(url, route, {}).status_code == 200
 
 
-def test_health_ready_and_metrics_are_open_by_design(
-    backend: FakeBackend, store: PromptStore, tmp_path: Path
-) -> None:
+def test_health_ready_and_metrics_are_open_by_design(backend: FakeBackend, store: PromptStore, tmp_path: Path) -> None:
     backend.reset()
     with running_proxy(make_settings(tmp_path, backend.url, api_keys=KEYS), None, store) as url:
         for path in ("/health", "/ready", "/metrics"):

@@ -15,9 +15,7 @@ def test_present_shared_data_is_returned(tmp_path: Path, monkeypatch: pytest.Mon
     assert find_shared_data(tmp_path / "shared" / "data") == tmp_path / "shared" / "data"
 
 
-def test_absent_shared_data_fails_when_integration_is_required(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_absent_shared_data_fails_when_integration_is_required(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DRPO_REQUIRE_INTEGRATION", "1")
     with pytest.raises(pytest.fail.Exception, match="DRPO_REQUIRE_INTEGRATION=1"):
         find_shared_data(tmp_path / "shared" / "data")
