@@ -17,10 +17,10 @@ import typer
 from rich.console import Console
 
 from drpo.evalrun import EvalJob, run_eval
-from optimizer.evalsets import BUILTIN_VAL, gather
+from optimizer.evalsets import BUILTIN_VAL, SET_NAMES, gather
 from optimizer.evaluate import Condition
 from optimizer.gate import DEFAULT_MARGIN, GateDecision, Objective, decide
-from prompts.config import Settings
+from prompts.config import ConfigError, Settings
 from prompts.served import served_artifact
 from prompts.store import open_store
 
@@ -55,6 +55,22 @@ class GateOutcome:
         typer.echo(self.message())
         if not self.decision.promote:
             raise typer.Exit(EXIT_KEPT_AS_CANDIDATE)
+
+
+def gate_sources(sources: list[str]) -> tuple[tuple[str, ...], tuple[Path, ...]]:
+    """A config's gate ``eval_set`` entries as (set names, labelled files); ConfigError for neither."""
+    names: list[str] = []
+    files: list[Path] = []
+    for source in sources:
+        if source.removeprefix("eval-dev:") == "test":
+            raise ConfigError("gate eval set 'test': the test split is for reporting only; gate on val or builtin-val")
+        if source in SET_NAMES:
+            names.append(source)
+        elif Path(source).is_file():
+            files.append(Path(source))
+        else:
+            raise ConfigError(f"gate eval set {source!r} is neither a set name ({', '.join(SET_NAMES)}) nor a file")
+    return tuple(names), tuple(files)
 
 
 def gate_and_activate(

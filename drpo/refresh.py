@@ -32,10 +32,9 @@ from typing import IO, Any
 
 from drpo.actor import ACTOR_ENV
 from drpo.child_server import spawn_tied_to_parent
-from drpo.promote import EXIT_KEPT_AS_CANDIDATE
+from drpo.promote import EXIT_KEPT_AS_CANDIDATE, gate_sources
 from drpo.worker_metrics import WorkerMetrics
 from optimizer.checkpoint import RunDir, new_run_id
-from optimizer.evalsets import SET_NAMES
 from prompts.config import ConfigError, RefreshOptions, Settings
 from prompts.errors import PromptsError
 from prompts.store import open_store
@@ -88,15 +87,11 @@ def gate_args(options: RefreshOptions) -> list[str]:
     """The config's ``gate:`` mapping as ``drpo prompts promote`` arguments (sets by name, files by path)."""
     gate = options.gate
     args: list[str] = []
-    for source in gate.all_sets():
-        if source in SET_NAMES:
-            args += ["--set", source]
-        elif Path(source).is_file():
-            args += ["--queries", source]
-        else:
-            raise ConfigError(
-                f"refresh: gate eval set {source!r} is neither a set name ({', '.join(SET_NAMES)}) nor a file"
-            )
+    names, files = gate_sources(gate.all_sets())
+    for name in names:
+        args += ["--set", name]
+    for file in files:
+        args += ["--queries", str(file)]
     if gate.margin is not None:
         args += ["--margin", str(gate.margin)]
     if gate.objective is not None:

@@ -107,7 +107,14 @@ def filled(embedded_backend: EmbeddedBackend, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture(scope="module")
 def server(filled: dict[str, Any], embedded_backend: EmbeddedBackend) -> Iterator[str]:
-    settings = make_settings(filled["home"], embedded_backend.base_url, admin_key=ADMIN_KEY, admin_key_name="ops")
+    # The model's gate from the config file: the promote button's job answers these few labelled
+    # prompts instead of the 60 of the packaged validation set (minutes on the embedded model).
+    config = filled["home"].parent / "config.yaml"
+    gate = {"eval_set": str(filled["home"].parent / "labelled.jsonl"), "max_tokens": 24}
+    config.write_text(json.dumps({"refresh": {MODEL: {"gate": gate}}}), encoding="utf-8")
+    settings = make_settings(
+        filled["home"], embedded_backend.base_url, admin_key=ADMIN_KEY, admin_key_name="ops", config=config
+    )
     with ServerThread(create_app(settings)) as running:
         yield running.url
 

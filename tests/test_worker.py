@@ -25,6 +25,7 @@ from drpo.worker_metrics import WorkerMetrics
 from optimizer.checkpoint import RunDir
 from prompts.config import ConfigError, RefreshOptions, Settings
 from prompts.store import PromptStore
+from tests.fakes.proxy_harness import make_artifact
 from tests.fakes_llm import FakeOpenAIServer, _all_text, _last_user, default_reply
 
 MODEL = "fake-model"
@@ -432,3 +433,26 @@ def test_a_store_that_refuses_to_record_loses_the_tick_not_the_worker(
     monkeypatch.setattr(drpo.refresh, "open_store", refuse)
     result = RefreshRunner(Settings(home=tmp_path)).run(MODEL, RefreshOptions(), trigger="schedule")
     assert result.outcome == "failed" and "could not be recorded" in result.message and result.record == {}
+
+
+def test_a_manual_promotion_uses_the_models_gate_from_the_config(
+    tmp_path: Path, fake_backend: FakeOpenAIServer
+) -> None:
+    home = tmp_path / "home"
+    gate_file = tmp_path / "gate.jsonl"
+    gate_file.write_text("".join(json.dumps({"query": q, "label": lab}) + "\n" for q, lab in REAL_GATE))
+    config = write_config(tmp_path / "config.yaml", fake_backend.base_url, TINY)
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["refresh"][MODEL]["gate"] = {"eval_set": str(gate_file), "margin": 0.0}
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with PromptStore(home / "store") as store:
+        version = store.put(make_artifact(MODEL, "Be brief.")).version
+    result = drpo(home, "prompts", "promote", MODEL, version, "--config", str(config))
+    assert "on 6 queries" in result.stderr, result.stderr[-2000:]
+    assert result.returncode in (0, 4)
+    flagged = drpo(home, "prompts", "promote", MODEL, version, "--config", str(config), "--set", "builtin-val")
+    assert "on 60 queries" in flagged.stderr  # a flag wins over the config
+    data["refresh"][MODEL]["gate"] = {"eval_set": "test"}
+    config.write_text(yaml.safe_dump(data), encoding="utf-8")
+    refused = drpo(home, "prompts", "promote", MODEL, version, "--config", str(config))
+    assert refused.returncode == 1 and "reporting only" in refused.stderr
