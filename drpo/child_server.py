@@ -81,6 +81,14 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def same_home_env(home: Path, config: Path | None) -> dict[str, str]:
+    """Environment for a ``drpo`` child that must use its parent's home (store, runs, caches) and config."""
+    env = {"DRPO_HOME": str(home)}
+    if config is not None:
+        env["DRPO_CONFIG"] = str(config)
+    return env
+
+
 def spawn_tied_to_parent(
     command: list[str],
     log: IO[bytes] | None = None,

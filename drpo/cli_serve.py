@@ -25,7 +25,7 @@ from types import FrameType
 import typer
 from pydantic import SecretStr, ValidationError
 
-from drpo.child_server import ServerLaunchError, spawn_tied_to_parent
+from drpo.child_server import ServerLaunchError, same_home_env, spawn_tied_to_parent
 from drpo.engines import Engine, LayoutOption, check_engine_options, log_path, managed_backend, served_model_id
 from prompts.artifact import Layout
 from prompts.config import (
@@ -217,9 +217,7 @@ def _worker_if_asked(wanted: bool, live: Settings, metrics_port: int) -> Iterato
     if not wanted:
         yield
         return
-    env = {"DRPO_HOME": str(live.home)}
-    if live.config is not None:
-        env["DRPO_CONFIG"] = str(live.config)
+    env = same_home_env(live.home, live.config)
     if live.backend_url:
         env["DRPO_BACKEND_URL"] = live.backend_url
     command = [sys.executable, "-m", "drpo", "worker", "--metrics-port", str(metrics_port)]

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from drpo.actor import ACTOR_ENV
-from drpo.child_server import spawn_tied_to_parent
+from drpo.child_server import same_home_env, spawn_tied_to_parent
 from drpo.promote import EXIT_KEPT_AS_CANDIDATE, gate_sources
 from drpo.worker_metrics import WorkerMetrics
-from optimizer.checkpoint import RunDir, new_run_id
+from optimizer.checkpoint import RunDir, RunState, new_run_id
 from prompts.config import ConfigError, RefreshOptions, Settings
 from prompts.errors import PromptsError
 from prompts.store import open_store
@@ -237,10 +237,11 @@ class RefreshRunner:
             raise Stopping
         with open_store(self.settings) as store:
             reports = store.eval_reports(model, version)
-        gate = next((r["gate"] for r in reversed(reports) if "gate" in r), None)
-        scores = {"candidate": gate.get("candidate", {}), "baseline": gate.get("baseline", {})} if gate else {}
-        reason = str(gate.get("reason", "")) if gate else ""
-        report_id = next((r["id"] for r in reversed(reports) if "gate" in r), None)
+        gated = next((r for r in reversed(reports) if "gate" in r), None)  # the report this gate stored
+        gate = gated["gate"] if gated else {}
+        scores = {"candidate": gate.get("candidate", {}), "baseline": gate.get("baseline", {})} if gated else {}
+        reason = str(gate.get("reason", ""))
+        report_id = gated["id"] if gated else None
         if code == 0:
             return self._finish(model, "promoted", scores=scores, reason=reason, report=report_id)
         if code == EXIT_KEPT_AS_CANDIDATE:
@@ -274,9 +275,7 @@ class RefreshRunner:
             raise Stopping
         log.parent.mkdir(parents=True, exist_ok=True)
         # Children share the worker's home and config file, and go on record as the worker.
-        env = {ACTOR_ENV: WORKER_ACTOR, "DRPO_HOME": str(self.settings.home)}
-        if self.settings.config is not None:
-            env["DRPO_CONFIG"] = str(self.settings.config)
+        env = {**same_home_env(self.settings.home, self.settings.config), ACTOR_ENV: WORKER_ACTOR}
         with open(log, "ab") as sink:
             start = sink.tell()
             child = spawn_tied_to_parent([*self.command, *args], log=sink, env=env)
@@ -325,7 +324,7 @@ class RefreshRunner:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _spend(state: Any) -> dict[str, int]:
+def _spend(state: RunState | None) -> dict[str, int]:
     """Fresh LLM calls and tokens over every session of an optimizer run."""
     sessions = state.sessions if state is not None else []
     return {
