@@ -4,6 +4,7 @@
 # with a coverage report and floor.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_packages.sh
 bash scripts/setup.sh local,dev
 echo "== ruff" >&2
 .venv/bin/ruff check proxy optimizer prompts drpo tests bench

