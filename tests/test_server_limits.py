@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from drpo.embedded import free_port, wait_until_ok
-from tests.fakes.fake_backend import FakeBackend, chat_chunks, stream
+from tests.fakes.fake_backend import FakeBackend, chat_chunks, stream, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "m"
@@ -308,7 +309,8 @@ def test_at_the_cap_the_longest_idle_connections_make_room(capped_port: int) -> 
 
 def test_when_every_connection_is_busy_a_newcomer_gets_503(capped_port: int, backend: FakeBackend) -> None:
     backend.reset()
-    backend.enqueue(*(stream(chat_chunks(["a", "b", "c"]), delay=0.5) for _ in range(CAP)))
+    release = threading.Event()  # the streams stay open until the newcomer has been turned away
+    backend.enqueue(*(stream(chat_chunks(["a", "b", "c"]), hold=release) for _ in range(CAP)))
     stream_body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": True})
     busy = []
     try:
@@ -316,11 +318,13 @@ def test_when_every_connection_is_busy_a_newcomer_gets_503(capped_port: int, bac
             sock = connect(capped_port)
             sock.sendall(chat_request(stream_body.encode()))
             busy.append(sock)
-        time.sleep(0.3)  # every request is in the app, waiting on its slow stream
+        # The backend has every request: the server read each one whole, so none is idle.
+        assert wait_for(lambda: len(backend.posts()) == CAP, timeout=30.0), f"{len(backend.posts())} of {CAP} arrived"
         with connect(capped_port) as newcomer:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 newcomer.sendall(get())
             assert_openai_error(read_until_closed(newcomer), 503, "too_many_connections")
+        release.set()
         for sock in busy:  # the busy ones were not touched
             received = b""
             while b"[DONE]" not in received:
@@ -329,5 +333,6 @@ def test_when_every_connection_is_busy_a_newcomer_gets_503(capped_port: int, bac
                 received += chunk
             assert received.startswith(b"HTTP/1.1 200 ")
     finally:
+        release.set()
         for sock in busy:
             sock.close()

@@ -3,7 +3,8 @@
 Tests script it with :meth:`FakeBackend.enqueue` (one reply per POST request, in order;
 a canned success when the queue is empty) and inspect :attr:`FakeBackend.requests`
 afterwards. Replies can stream SSE events with delays and ``:`` keep-alive comments, fail
-with any status (and ``Retry-After``), be slow, or drop the connection mid-stream; a
+with any status (and ``Retry-After``), be slow, drop the connection mid-stream, or hold a
+stream open after its first event until the test sets a ``threading.Event``; a
 stream whose client went away is recorded in :attr:`FakeBackend.cancelled`.
 
     with FakeBackend(models=["m"]) as backend:
@@ -66,6 +67,9 @@ class StreamReply:
     delay: float = 0.0  # before each event
     drop_after: int | None = None  # close the connection abruptly after this many events
     headers: dict[str, str] = field(default_factory=dict)
+    # Pause after the first event until this is set (or the client leaves): a stream that
+    # is provably still running while the test looks at something, however slow the machine.
+    hold: threading.Event | None = None
 
 
 @dataclass
@@ -173,8 +177,10 @@ def error(status: int, message: str = "fake failure", retry_after: str | None = 
     return JsonReply({"error": {"message": message, "type": kind, "param": None, "code": None}}, status, headers)
 
 
-def stream(events: Sequence[Event], delay: float = 0.0, drop_after: int | None = None) -> StreamReply:
-    return StreamReply(events, delay, drop_after)
+def stream(
+    events: Sequence[Event], delay: float = 0.0, drop_after: int | None = None, hold: threading.Event | None = None
+) -> StreamReply:
+    return StreamReply(events, delay, drop_after, hold=hold)
 
 
 def raw_stream(data: bytes, cuts: Sequence[int] = ()) -> StreamReply:
@@ -351,6 +357,9 @@ class FakeBackend:
                     self.cancelled.set()
                     return
                 await send({"type": "http.response.body", "body": encode_event(event), "more_body": True})
+                if number == 0 and reply.hold is not None:
+                    while not reply.hold.is_set() and not gone.is_set():
+                        await asyncio.sleep(0.01)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             self.stream_finished.set()
         finally:
