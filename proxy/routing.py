@@ -158,7 +158,14 @@ class Router:
         if backend.busy_llama_cpp:
             return
         if backend.refreshing is None or backend.refreshing.done():
-            backend.refreshing = asyncio.create_task(self._fetch(backend))
+            backend.refreshing = asyncio.create_task(self._fetch_unless_busy(backend))
+
+    async def _fetch_unless_busy(self, backend: Backend) -> None:
+        # The task starts only once resolve()'s caller yields, by which time that very
+        # request is usually counted in flight: ask again, or the fetch would reach a
+        # llama.cpp server at the start of its stream.
+        if not backend.busy_llama_cpp:
+            await self._fetch(backend)
 
     async def refresh(self, force: bool = True) -> None:
         """Fetch every discovering backend's model list (skipping very recent ones unless forced)."""

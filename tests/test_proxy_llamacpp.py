@@ -357,23 +357,29 @@ def test_structured_output_and_stream_usage_on_the_embedded_backend(
 def test_a_busy_llamacpp_backend_is_not_asked_for_its_models(llama: FakeBackend, tmp_path: Path) -> None:
     # llama-cpp-python serves /v1/models under its model lock: asking during a stream cuts it short.
     store, running = _proxy(tmp_path, llama, models_cache_ttl=0.01, ready_cache_ttl=0)  # every /ready asks
-    llama.enqueue(stream(chat_chunks(["a", "b", "c", "d"], model=MODEL), delay=0.15))
+    release = threading.Event()  # the stream stays in flight until every check below is done
+    llama.enqueue(stream(chat_chunks(["a", "b", "c", "d"], model=MODEL), hold=release))
     with store, running as url:
         result: list[httpx.Response] = []
         worker = threading.Thread(
-            target=lambda: result.append(httpx.post(f"{url}/v1/chat/completions", json=_body(stream=True), timeout=10))
+            target=lambda: result.append(httpx.post(f"{url}/v1/chat/completions", json=_body(stream=True), timeout=60))
         )
-        worker.start()
-        assert wait_for(lambda: len(llama.posts()) == 1)
-        asked_before = sum(1 for r in llama.requests if r.method == "GET")
+        # Longer than the cache TTL, so routing the request finds the model list stale and
+        # starts a background refresh: that must not reach the backend either.
         time.sleep(0.05)
-        assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
-        ready = httpx.get(f"{url}/ready", timeout=10)
-        worker.join()
-        asked_during = sum(1 for r in llama.requests if r.method == "GET") - asked_before
+        asked_before = sum(1 for r in llama.requests if r.method == "GET")
+        worker.start()
+        try:
+            assert wait_for(lambda: len(llama.posts()) == 1, timeout=30.0)
+            assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 200
+            ready = httpx.get(f"{url}/ready", timeout=30)
+            asked_during = sum(1 for r in llama.requests if r.method == "GET") - asked_before
+        finally:
+            release.set()
+            worker.join()
         assert ready.status_code == 200 and ready.json()["backends"] == {"default": "ok"}
         # Idle again: discovery resumes.
-        assert httpx.get(f"{url}/ready", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/ready", timeout=30).status_code == 200
         asked_after = sum(1 for r in llama.requests if r.method == "GET") - asked_before
     assert result[0].text.count("data: ") == 7
     assert asked_during == 0 and asked_after == 1
