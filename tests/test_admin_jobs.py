@@ -54,6 +54,19 @@ def _finished_job(base: str, job: dict[str, Any], timeout: float = 120) -> dict[
     raise AssertionError(f"job {job['id']} did not finish")
 
 
+def _served_version_becomes(base: str, version: str, timeout: float = 20.0) -> str:
+    """The prompt version chat requests are served with, asked until it is ``version`` or the time is up."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.post(base + "/v1/chat/completions", json=chat, timeout=30)
+        assert response.status_code == 200, response.text
+        served = response.headers["x-drpo-prompt-version"]
+        if served == version or time.monotonic() > deadline:
+            return served
+        time.sleep(0.1)
+
+
 def test_promote_runs_the_gate_as_a_job_and_force_skips_it(
     tmp_path: Path, fake: FakeOpenAIServer, versions: tuple[Artifact, Artifact, Artifact]
 ) -> None:
@@ -119,7 +132,5 @@ def test_refresh_now_runs_the_worker_as_a_job_and_lists_its_run(tmp_path: Path, 
         models = httpx.get(base + "/admin/models", headers=ADMIN).json()
         assert models[1]["active"] == runs[0]["candidate"] and models[1]["refresh"]["id"] == runs[0]["id"]
         assert httpx.get(base + "/admin/refresh-runs", headers=ADMIN).json() == runs
-        # The served version changed without a restart.
-        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
-        response = httpx.post(base + "/v1/chat/completions", json=chat)
-        assert response.headers["x-drpo-prompt-version"] == runs[0]["candidate"]
+        # The served version changes without a restart, once the proxy's next snapshot poll sees the store.
+        assert _served_version_becomes(base, runs[0]["candidate"]) == runs[0]["candidate"]
