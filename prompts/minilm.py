@@ -350,11 +350,11 @@ def cache_info() -> dict[str, Any]:
 
 def main() -> int:
     """Rewrite the packaged vectors of the default library (run after editing it)."""
-    from prompts.defaults import CONTEXTUAL_LIBRARY_FILE, LIBRARY_FILE, library_rows
+    from prompts.defaults import LIBRARY_FILE, library_rows
 
     target = Path(__file__).resolve().parent / "data" / PACKAGED_VECTORS
-    count = write_packaged_vectors([row["query"] for row in library_rows(contextual=True)], target)
-    print(f"wrote {count} vectors for {LIBRARY_FILE} and {CONTEXTUAL_LIBRARY_FILE} to {target}")
+    count = write_packaged_vectors([row["query"] for row in library_rows()], target)
+    print(f"wrote {count} vectors for {LIBRARY_FILE} to {target}")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from optimizer.data import icl_seed_queries, seed_queries
 from optimizer.evalsets import builtin_validation_set, load_eval_dev
-from prompts.defaults import library_rows
+from prompts.defaults import default_artifact
 
 SHINGLE_THRESHOLD = 0.5
 WORDS_THRESHOLD = 0.65
@@ -59,7 +59,7 @@ def _near_duplicates(ours: Iterable[tuple[str, str]], theirs: list[str]) -> list
 
 
 def _what_we_ship() -> list[tuple[str, str]]:
-    out = [("default library example", row["query"]) for row in library_rows(contextual=True)]
+    out = [("default artifact example", e.query) for e in default_artifact().examples]
     out += [("seed query", q.text) for q in seed_queries()]
     out += [("example-stage query", q.text) for q in icl_seed_queries()]
     return out

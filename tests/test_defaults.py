@@ -9,16 +9,9 @@ from openai import OpenAI
 
 from drpo.embedded import EmbeddedBackend
 from optimizer.refusal import classify
-from prompts.artifact import Artifact, Example
+from prompts.artifact import Artifact
 from prompts.config import EMBEDDED_MODEL_ID
-from prompts.defaults import (
-    DEFAULT_MODEL_ID,
-    DEFAULT_RETRIEVAL,
-    MINILM_RETRIEVAL,
-    default_artifact,
-    default_artifact_for,
-    library_rows,
-)
+from prompts.defaults import DEFAULT_MODEL_ID, default_artifact, library_rows
 from prompts.layout import PreparedArtifact, build_chat_messages
 
 REFUSAL_OPENING = "I'm sorry, but I can't help with that."
@@ -39,33 +32,17 @@ def test_default_artifact_round_trips_through_json_with_a_stable_version() -> No
     assert 1 <= artifact.retrieval.k <= 3
 
 
-BOTH_LIBRARIES = pytest.mark.parametrize("contextual", [False, True], ids=["wordllama", "minilm"])
-
-
-def _examples(contextual: bool) -> tuple[Example, ...]:
-    return default_artifact_for(MINILM_RETRIEVAL if contextual else DEFAULT_RETRIEVAL).examples
-
-
-def test_the_contextual_rows_join_the_library_only_under_minilm() -> None:
-    plain, contextual = _examples(False), _examples(True)
-    assert default_artifact().examples == plain  # the WordLlama default, unless DRPO_DEFAULT_RETRIEVAL says otherwise
-    assert contextual[: len(plain)] == plain and len(contextual) > len(plain)
-    assert {e.label for e in contextual[len(plain) :]} == {"refusal", "helpful", "general"}
-
-
-@BOTH_LIBRARIES
-def test_every_example_is_labelled_and_every_label_is_well_represented(contextual: bool) -> None:
-    examples = _examples(contextual)
+def test_every_example_is_labelled_and_every_label_is_well_represented() -> None:
+    examples = default_artifact().examples
     counts = Counter(e.label for e in examples)
     assert counts["refusal"] >= 50 and counts["helpful"] >= 50 and counts["general"] >= 20, counts
     assert None not in counts
     assert len({e.query for e in examples}) == len(examples), "duplicate example queries"
-    assert all(set(row) == {"label", "category", "query", "answer"} for row in library_rows(contextual))
+    assert all(set(row) == {"label", "category", "query", "answer"} for row in library_rows())
 
 
-@BOTH_LIBRARIES
-def test_answers_do_what_their_label_says(contextual: bool) -> None:
-    for example in _examples(contextual):
+def test_answers_do_what_their_label_says() -> None:
+    for example in default_artifact().examples:
         verdict = classify(example.answer)
         if example.label == "refusal":
             assert example.answer.startswith(REFUSAL_OPENING), example.query

@@ -184,7 +184,7 @@ def test_artifact_with_minilm_selects_by_label() -> None:
 
 def test_packaged_vectors_are_the_default_librarys_current_ones() -> None:
     source = Path(minilm.__file__).parent / "data" / minilm.PACKAGED_VECTORS
-    queries = list(dict.fromkeys(row["query"] for row in library_rows(contextual=True)))
+    queries = list(dict.fromkeys(row["query"] for row in library_rows()))
     with np.load(source, allow_pickle=False) as data:
         keys, vectors = [str(k) for k in data["keys"]], np.asarray(data["vectors"])
     stale = "stale: run `.venv/bin/python -m prompts.minilm` after editing the default library"
@@ -207,7 +207,7 @@ def test_default_library_index_needs_no_forward_pass(monkeypatch: pytest.MonkeyP
             return real.embed(texts, edges)
 
     monkeypatch.setattr(minilm, "load", lambda: Counting())
-    queries = [row["query"] for row in library_rows(contextual=True)]
+    queries = [row["query"] for row in library_rows()]
     index = minilm.MiniLMIndex(queries)
     assert embedded == []
     assert len(index) == len(queries)
