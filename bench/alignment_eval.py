@@ -36,7 +36,7 @@ import orjson
 from rich.console import Console
 
 from drpo.cli_eval import first_per_label, print_report
-from drpo.cli_optimize import EMBEDDED
+from drpo.endpoints import EMBEDDED
 from drpo.evalrun import EvalJob, run_eval
 from optimizer.evalsets import gather
 from optimizer.evaluate import Condition, summary_rates

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drpo.cli_optimize import _target_endpoint
+from drpo.endpoints import target_endpoint
 from drpo.evalrun import EvalJob, run_eval
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import SET_NAMES, LabelledQuery, gather
@@ -181,7 +181,7 @@ def eval_command(
         console.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
 
-    target_url, target_key = _target_endpoint(model, backend, settings, file_config)
+    target_url, target_key = target_endpoint(model, backend, settings, file_config)
     job = EvalJob(
         model, conditions, labelled, sources, target_url, target_key,
         judge=(judge_url, judge_model), refusal_judge=(refusal_judge_url, refusal_judge_model),

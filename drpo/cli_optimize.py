@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import re
 import signal
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from drpo.endpoints import EMBEDDED, key_for, target_endpoint
 from optimizer.checkpoint import RunDir, new_run_id
 from optimizer.config import (
     JUDGE_MAX_TOKENS,
@@ -40,7 +40,6 @@ from prompts.artifact import Layout
 from prompts.config import ConfigError, FileConfig, Settings, get_settings
 from prompts.store import registry_url
 
-EMBEDDED = "embedded"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ROLES = ("selector", "judge", "optimizer")
 # Measured on this class of machine for SmolLM2-135M on llama.cpp (see BENCHMARKS.md).
@@ -70,31 +69,6 @@ def _read_prompt(value: str | None) -> str | None:
     return value
 
 
-def _key_for(role: str, env: str | None = None) -> str | None:
-    return os.environ.get(env or "") or os.environ.get(f"DRPO_{role.upper()}_API_KEY") or None
-
-
-def _target_endpoint(
-    model: str, backend: str | None, settings: Settings, file_config: FileConfig
-) -> tuple[str, str | None]:
-    """(url or EMBEDDED, api key) for the target."""
-    key = _key_for("target")
-    if backend:
-        return backend.rstrip("/"), key
-    options = file_config.options_for(model)
-    name = options.backend or file_config.default_backend
-    if options.backend and name in file_config.backends:
-        conf = file_config.backends[name]
-        return conf.url, key or conf.resolved_api_key()
-    if settings.backend_url:
-        api = settings.backend_api_key.get_secret_value() if settings.backend_api_key else None
-        return settings.backend_url.rstrip("/"), key or api
-    if name and name in file_config.backends:
-        conf = file_config.backends[name]
-        return conf.url, key or conf.resolved_api_key()
-    return EMBEDDED, key
-
-
 def build_roles(
     model: str,
     target_url: str,
@@ -116,7 +90,7 @@ def build_roles(
         conf = file_config.roles.get(role)  # type: ignore[call-overload]
         url = (flag_url or (conf.url if conf else None) or target_url).rstrip("/")
         model_id = flag_model or (conf.model if conf else None) or model
-        key = _key_for(role, conf.api_key_env if conf else None)
+        key = key_for(role, conf.api_key_env if conf else None)
         if key is None and url == target_url:
             key = target_key
         others[role] = endpoint(role, url, model_id, key)
@@ -340,7 +314,7 @@ def optimize(
         target_flag: str | None = backend
         if not target_flag and "target" in stored and stored["target"]["url"] != EMBEDDED:
             target_flag = stored["target"]["url"]
-        target_url, target_key = _target_endpoint(cfg.model, target_flag, settings, file_config)
+        target_url, target_key = target_endpoint(cfg.model, target_flag, settings, file_config)
         flags = {
             "selector": (selector_url, selector_model),
             "judge": (judge_url, judge_model),

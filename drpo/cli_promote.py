@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from drpo.actor import cli_actor
-from drpo.cli_optimize import _target_endpoint
+from drpo.endpoints import target_endpoint
 from drpo.promote import GATE_MAX_TOKENS, GateSettings, gate_and_activate, gate_sources
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import BUILTIN_VAL, SET_NAMES
@@ -58,7 +58,7 @@ def promote(
                 resolved = store.activate(model, version, action="promote --force")
             typer.echo(f"promoted {resolved} (forced, gate skipped)")
             return
-        target_url, target_key = _target_endpoint(model, backend, settings, file_config)
+        target_url, target_key = target_endpoint(model, backend, settings, file_config)
         # The model's refresh: gate in the config file applies to a manual promotion too; flags win.
         refresh = file_config.refresh.get(model)
         configured = refresh.gate if refresh else GateOptions()

@@ -15,12 +15,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from drpo.cli_optimize import EMBEDDED
+from drpo.endpoints import EMBEDDED
 from optimizer.errors import OptimizerError
 from optimizer.evalsets import LabelledQuery
 from optimizer.evaluate import AnswerRecord, Condition, Evaluator, build_report, pairwise_win_rate
 from optimizer.llm import Budget, Endpoint, LLMCache, LLMClient
 from optimizer.openai_transport import OpenAITransport
+from optimizer.progress import PLAIN_INTERVAL_S
 from prompts.config import Settings
 
 
@@ -42,7 +43,8 @@ class EvalJob:
 
 
 class ProgressReporter:
-    """A live bar on a terminal; plain lines at most every 10 s otherwise (logs, CI, workers)."""
+    """A live bar on a terminal; otherwise plain lines at most every PLAIN_INTERVAL_S (logs, CI, workers),
+    the same cadence as the optimizer's progress view."""
 
     def __init__(self, console: Console, total: int, llm: LLMClient, quiet: bool) -> None:
         self.console = console
@@ -75,7 +77,7 @@ class ProgressReporter:
             self._progress.update(self._task, completed=self.done)
             return
         now = time.monotonic()
-        if self._quiet or (now - self._last_line < 10 and self.done < self.total):
+        if self._quiet or (now - self._last_line < PLAIN_INTERVAL_S and self.done < self.total):
             return
         self._last_line = now
         elapsed = now - self.started
