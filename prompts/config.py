@@ -249,6 +249,9 @@ class Settings(BaseSettings):
     # Read by prompts.defaults from the environment; declared here so a wrong value fails at start.
     default_retrieval: Literal["embedding", "minilm"] = "embedding"
     admin_key_name: str = Field(default="admin", min_length=1, max_length=64)
+    # Wrong admin or dashboard keys allowed per client address within the window before 429 (0: no limit).
+    auth_failure_limit: int = Field(default=10, ge=0)
+    auth_failure_window: float = Field(default=60.0, gt=0)
     # The dashboard under /ui: read-only without an admin session (and needs a key to read when api_keys are set).
     ui: bool = True
     ready_cache_ttl: float = Field(default=1.0, ge=0)

@@ -28,6 +28,7 @@ from prompts.registry import Registry
 from prompts.served import artifact_by_spec
 from prompts.store import PromptStore
 from proxy.auth import bearer_token, matches_any
+from proxy.auth_throttle import AuthThrottle, client_address
 from proxy.jobs import Job, JobBusy, JobRunner
 
 
@@ -114,9 +115,11 @@ def _error(message: str, kind: str) -> dict[str, Any]:
 
 
 class _AdminError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.kind = status, message, kind
+        self.status, self.message, self.kind, self.headers = status, message, kind, headers
 
 
 def create_admin_app(
@@ -125,11 +128,13 @@ def create_admin_app(
     key_name: str,
     jobs: JobRunner | None = None,
     registry: Callable[[], Registry | None] = lambda: None,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """The admin sub-application; ``store_dir`` gives the proxy's store directory at request time.
 
     ``jobs`` runs promotions through the gate and refreshes as background processes (without it,
-    those endpoints answer 503)."""
+    those endpoints answer 503). ``throttle`` counts wrong keys per client address (shared with
+    the dashboard's login when the proxy builds both)."""
     app = FastAPIOffline(
         title="drpo-proxy admin",
         description="Inspect and change prompt versions. Bearer auth with DRPO_ADMIN_KEY.",
@@ -137,11 +142,20 @@ def create_admin_app(
     )
     expected = [admin_key.encode()]
     actor = f"admin:{key_name}"
+    guesses = throttle or AuthThrottle()
 
     def authorised(request: Request) -> None:
+        client = client_address(request.client)
+        wait = guesses.retry_after(client)
+        if wait:
+            message = f"Too many wrong admin keys from this address; try again in {wait} s"
+            raise _AdminError(429, message, "rate_limit_error", {"retry-after": str(wait)})
         token = bearer_token(request.headers.get("authorization", "").encode() or None)
         if not matches_any(token, expected):
-            raise _AdminError(401, "Missing or incorrect admin key", "authentication_error")
+            guesses.failed(client)
+            challenge = {"www-authenticate": "Bearer"}
+            raise _AdminError(401, "Missing or incorrect admin key", "authentication_error", challenge)
+        guesses.succeeded(client)
 
     @contextmanager
     def store() -> Iterator[PromptStore]:
@@ -150,8 +164,7 @@ def create_admin_app(
 
     @app.exception_handler(_AdminError)
     async def admin_error(request: Request, exc: _AdminError) -> JSONResponse:
-        headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(_error(exc.message, exc.kind), status_code=exc.status, headers=headers)
+        return JSONResponse(_error(exc.message, exc.kind), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(PromptsError)
     async def prompts_error(request: Request, exc: PromptsError) -> JSONResponse:

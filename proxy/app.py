@@ -32,6 +32,7 @@ from prompts.store import PromptStore, open_store
 from proxy.admin import create_admin_app
 from proxy.asgi import Receive, Scope, Send
 from proxy.auth import KeyChecker
+from proxy.auth_throttle import AuthThrottle
 from proxy.errors import MethodNotAllowed, ProxyError, RouteNotFound, error_body
 from proxy.injection import Policies
 from proxy.jobs import JobRunner
@@ -254,6 +255,8 @@ def create_app(
     def store_dir() -> Path:
         return holder.store.directory if holder.store is not None else settings.store_dir
 
+    # One count of wrong keys per client address for the admin API and the dashboard: the same keys open both.
+    guesses = AuthThrottle(settings.auth_failure_limit, settings.auth_failure_window)
     if settings.admin_key is not None:
         admin = create_admin_app(
             store_dir,
@@ -261,6 +264,7 @@ def create_app(
             settings.admin_key_name,
             jobs,
             registry=lambda: holder.store.registry if holder.store is not None else None,
+            throttle=guesses,
         )
         routes.append(Mount("/admin", app=admin))
     if settings.ui:  # the dashboard: read-only unless logged in with the admin key (DRPO_UI=off removes it)
@@ -280,6 +284,7 @@ def create_app(
             access,
             f"admin:{settings.admin_key_name}",
             jobs,
+            throttle=guesses,
         )
         routes.append(Mount("/ui", app=ui))
     app = ProxyApp(

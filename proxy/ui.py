@@ -33,6 +33,7 @@ from prompts.diff import artifact_diff
 from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError, RegistryConflict, RegistryUnavailable
 from prompts.served import served_artifact
 from prompts.store import PromptStore
+from proxy.auth_throttle import AuthThrottle, client_address
 from proxy.jobs import JobBusy, JobRunner
 from proxy.ui_charts import bar_chart, line_chart
 from proxy.ui_data import (
@@ -71,9 +72,9 @@ class Viewer:
 
 
 class _PageError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, headers
 
 
 class _LoginNeeded(Exception):
@@ -123,11 +124,13 @@ def create_ui_app(
     access: UiAccess,
     actor: str,
     jobs: JobRunner,
+    throttle: AuthThrottle | None = None,
 ) -> FastAPI:
     """The dashboard app (mount it at ``/ui``).
 
     ``open_store(actor)`` opens the proxy's store for one request (``actor``: who changes go on
     record as, None for reading); ``actor`` here is the admin key's name, ``admin:<name>``.
+    ``throttle`` counts wrong keys (login form and bearer) per client address.
     """
     app = FastAPI(title="drpo-proxy dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     env = _templates()
@@ -138,11 +141,37 @@ def create_ui_app(
         with open_store(actor if writer else None) as opened:
             yield opened
 
+    guesses = throttle or AuthThrottle()
+
+    def checked(request: Request, role_of: Callable[[], Role | None]) -> Role | None:
+        """A key's role, counting wrong keys per client address; 429 once there were too many."""
+        client = client_address(request.client)
+        wait = guesses.retry_after(client)
+        if wait:
+            message = f"Too many wrong keys from this address. Try again in {wait} s."
+            raise _PageError(429, message, {"retry-after": str(wait)})
+        role = role_of()
+        if role is None:
+            guesses.failed(client)
+        else:
+            guesses.succeeded(client)
+        return role
+
     def viewer(request: Request) -> Viewer:
+        # Worked out once per request: a wrong bearer key counts as one guess, not one per lookup.
+        seen: Viewer | None = getattr(request.state, "viewer", None)
+        if seen is None:
+            seen = request.state.viewer = _viewer(request)
+        return seen
+
+    def _viewer(request: Request) -> Viewer:
         session = access.verify(request.cookies.get(COOKIE_NAME))
         if session is not None:
             return Viewer(session.role, session, access.form_token(session))
-        return Viewer(access.role_for_bearer(request.headers.get("authorization")), None, None)
+        authorization = request.headers.get("authorization")
+        if not authorization:
+            return Viewer(None, None, None)
+        return Viewer(checked(request, lambda: access.role_for_bearer(authorization)), None, None)
 
     def reader(request: Request) -> Viewer:
         seen = viewer(request)
@@ -182,7 +211,11 @@ def create_ui_app(
 
     @app.exception_handler(_PageError)
     async def page_error(request: Request, exc: _PageError) -> HTMLResponse:
-        return render(request, "error.html", exc.status, message=exc.message, status=exc.status)
+        # A refused key has no viewer to work out (that is what raised); show the page as to anyone.
+        anonymous = Viewer(None, None, None) if exc.status == 429 else None
+        page = render(request, "error.html", exc.status, message=exc.message, status=exc.status, viewer=anonymous)
+        page.headers.update(exc.headers or {})
+        return page
 
     @app.exception_handler(_LoginNeeded)
     async def login_needed(request: Request, exc: _LoginNeeded) -> Response:
@@ -338,7 +371,7 @@ def create_ui_app(
     @app.post("/login", response_class=HTMLResponse)
     async def login(request: Request) -> Response:
         form = await _form(request)
-        role = access.role_for_key(form.get("key", ""))
+        role = checked(request, lambda: access.role_for_key(form.get("key", "")))
         target = _safe_next(form.get("next"), root(request))
         if role is None:
             return render(request, "login.html", 401, next=target, error="That key is not accepted here.")
