@@ -327,14 +327,16 @@ class FakeOpenAIServer:
     def start(self) -> FakeOpenAIServer:
         import uvicorn
 
-        from drpo.embedded import free_port
+        from tests.fakes.server_thread import listening_socket
 
-        self.port = free_port()
+        # Bound before uvicorn starts, so no other process can take the port in between.
+        sock = listening_socket()
+        self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", interface="asgi3"
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:

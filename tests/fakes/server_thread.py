@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from types import TracebackType
@@ -9,13 +10,21 @@ from typing import Any, Literal
 
 import uvicorn
 
-from drpo.embedded import free_port
+
+def listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket already bound to a free port on ``host`` and listening.
+
+    Handing this to uvicorn (instead of a port number it binds later) leaves no moment in which another
+    process could take the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, 0), family=family)
 
 
 class ServerThread:
     def __init__(self, app: Any, *, lifespan: Literal["auto", "on", "off"] = "on", host: str = "127.0.0.1") -> None:
         self.host = host
-        self.port = free_port(host)
+        self._socket = listening_socket(host)
+        self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
             app,
             host=host,
@@ -28,7 +37,10 @@ class ServerThread:
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"uvicorn-{self.port}", daemon=True)
+
+    def _serve(self) -> None:
+        self.server.run(sockets=[self._socket])
 
     @property
     def url(self) -> str:
@@ -48,7 +60,9 @@ class ServerThread:
 
     def stop(self) -> None:
         self.server.should_exit = True
-        self._thread.join(timeout=15)
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+        self._socket.close()  # uvicorn closes it on shutdown; this covers a server that never started
 
     def __enter__(self) -> ServerThread:
         return self.start()
