@@ -35,10 +35,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from prompts.artifact import Artifact, Example
-from prompts.retrieval import Scorer, Scores, build_scorer
+from prompts.retrieval import EncodesQueries, Scorer, Scores, build_scorer
 from prompts.selection import Selector
 
 SystemPolicy = Literal["merge", "replace", "client"]
@@ -87,6 +88,11 @@ class PreparedArtifact:
         examples = artifact.examples
         scorer = build_scorer(artifact.retrieval.method, [e.query for e in examples])
         return cls(artifact, scorer, Selector([e.label for e in examples]))
+
+    @cached_property
+    def query_encoder(self) -> EncodesQueries | None:
+        """The scorer, when its query side is a model a server may batch (see :class:`EncodesQueries`)."""
+        return self.scorer if isinstance(self.scorer, EncodesQueries) and self.artifact.examples else None
 
     @property
     def needs_remote_scores(self) -> bool:

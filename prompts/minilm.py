@@ -337,7 +337,13 @@ class MiniLMIndex:
         """One cosine similarity per document, clipped to [0, 1] (a numpy vector)."""
         if len(self) == 0:
             return np.zeros(0, dtype=np.float32)
-        sims: Vectors = np.clip(self._matrix @ embed([query], edges=True)[0], 0.0, 1.0)
+        return self.scores_for(embed([query], edges=True)[0])
+
+    def scores_for(self, vector: Vectors) -> Vectors:
+        """The same, for a query already embedded (``embed([query], edges=True)[0]``)."""
+        if len(self) == 0:
+            return np.zeros(0, dtype=np.float32)
+        sims: Vectors = np.clip(self._matrix @ vector, 0.0, 1.0)
         return sims
 
 

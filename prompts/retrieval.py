@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +81,25 @@ class Scorer(Protocol):
     def scores(self, query: str) -> Scores:
         """One similarity in [0, 1] per document (a list or a numpy vector)."""
         ...
+
+
+@runtime_checkable
+class EncodesQueries(Protocol):
+    """A scorer whose query side is one vector from a model (MiniLM).
+
+    ``scores(q)`` equals ``scores_for(encode_queries([query_text(q)])[0])``: a server may encode
+    the queries of concurrent requests together, in one forward pass and off its event loop,
+    then score each against its own library. ``encoder`` names the model, so only queries for the
+    same model are batched together.
+    """
+
+    encoder: str
+
+    def query_text(self, query: str) -> str: ...
+
+    def encode_queries(self, texts: Sequence[str]) -> npt.NDArray[Any]: ...
+
+    def scores_for(self, vector: npt.NDArray[Any]) -> Scores: ...
 
 
 class BM25Index:
@@ -163,9 +182,7 @@ def build_scorer(method: str, documents: Sequence[str]) -> Scorer:
 
         return _Bounded(EmbeddingIndex(documents))
     if method == "minilm":
-        from prompts.minilm import MiniLMIndex
-
-        return _Bounded(MiniLMIndex(documents))
+        return _BoundedMiniLM(documents)
     if method == "hybrid":
         return HybridScorer(documents)
     raise ValueError(f"unknown retrieval method {method!r}")
@@ -177,3 +194,28 @@ class _Bounded:
 
     def scores(self, query: str) -> Scores:
         return self._inner.scores(bounded_query(query))
+
+
+class _BoundedMiniLM:
+    """MiniLM similarity with the query bounded like every method's; also :class:`EncodesQueries`."""
+
+    encoder = "minilm"
+
+    def __init__(self, documents: Sequence[str]) -> None:
+        from prompts.minilm import MiniLMIndex
+
+        self._index = MiniLMIndex(documents)
+
+    def scores(self, query: str) -> Scores:
+        return self._index.scores(bounded_query(query))
+
+    def query_text(self, query: str) -> str:
+        return bounded_query(query)
+
+    def encode_queries(self, texts: Sequence[str]) -> npt.NDArray[Any]:
+        from prompts.minilm import embed
+
+        return embed(texts, edges=True)
+
+    def scores_for(self, vector: npt.NDArray[Any]) -> Scores:
+        return self._index.scores_for(vector)

@@ -23,7 +23,7 @@ import orjson
 from prompts.dialects import rewrite_json_object_schema_format, vllm_completion_format
 from prompts.layout import PreparedArtifact, latest_user_text
 from prompts.remote_embeddings import BackendEmbeddings
-from prompts.retrieval import Scores
+from prompts.retrieval import EncodesQueries, Scores
 from proxy.asgi import (
     ClientDisconnected,
     DisconnectWatcher,
@@ -49,6 +49,7 @@ from proxy.errors import (
 from proxy.injection import Policies, check_messages, completion_body, inject_chat, parse_model
 from proxy.llamacpp import UsageFiller, rewrite_response_format
 from proxy.metrics import Metrics
+from proxy.query_batcher import QueryBatcher
 from proxy.routing import Backend, Router
 from proxy.snapshot import ArtifactSnapshot
 from proxy.streaming import (
@@ -116,6 +117,15 @@ class OpenAIServing:
         self.metrics = metrics
         self.keys = keys
         self.max_body_bytes = max_body_bytes
+        # One per query encoder (MiniLM): concurrent requests' messages share a forward pass.
+        self.query_batchers: dict[str, QueryBatcher] = {}
+
+    async def _encoded_scores(self, scorer: EncodesQueries, text: str) -> Scores:
+        """Scores from a model-encoded query, batched with concurrent requests, off the event loop."""
+        batcher = self.query_batchers.get(scorer.encoder)
+        if batcher is None:
+            batcher = self.query_batchers[scorer.encoder] = QueryBatcher(scorer.encode_queries)
+        return scorer.scores_for(await batcher.vector(scorer.query_text(text)))
 
     # -- entry points -----------------------------------------------------------
 
@@ -150,7 +160,8 @@ class OpenAIServing:
             backend = await self.router.resolve(name)
             model = name
             id_is_uuid = client_id is None or is_uuid(client_id)
-            prepared, scores = None, None
+            prepared: PreparedArtifact | None = None
+            scores: Scores | None = None
             if messages is not None:
                 # An A/B split is sticky per the request's `user` field or x-drpo-session header.
                 user = body.get("user")
@@ -159,6 +170,8 @@ class OpenAIServing:
                 if prepared.needs_remote_scores and self.remote_embeddings is not None:
                     # retrieval.method "backend": one embeddings call (None: BM25 decides)
                     scores = await self.remote_embeddings.scores(prepared, latest_user_text(messages))
+                elif prepared.query_encoder is not None:
+                    scores = await self._encoded_scores(prepared.query_encoder, latest_user_text(messages))
             call = self._prepare(request_id, id_is_uuid, backend, body, raw, path, messages, prepared, scores)
             version = call.version
             watcher = DisconnectWatcher(receive)
