@@ -235,6 +235,10 @@ class FakeOpenAIServer:
     ``phase`` is a label the owner sets (e.g. "first run", "resume"); every request is
     recorded with it, its body hash, and whether the answer was delivered (False when the
     client disconnected while the server was "thinking").
+
+    :meth:`hold_after` makes it stop answering at a chosen call until the test calls :meth:`release`:
+    a client that waits on its calls (like the optimizer) then stands still at a known point, however
+    slow or fast the machine, while the test signals or kills it.
     """
 
     def __init__(
@@ -250,6 +254,10 @@ class FakeOpenAIServer:
         self.phase = "default"
         self.records: list[Served] = []
         self._lock = threading.Lock()
+        self._arrived = 0  # completion requests received so far, held ones included
+        self._hold_from: int | None = None  # the request number from which requests are held
+        self._gate = threading.Event()  # set: held requests go on
+        self.holding = threading.Event()  # set once a request is being held
         self._thread: threading.Thread | None = None
         self._server: Any = None
         self.port = 0
@@ -257,6 +265,31 @@ class FakeOpenAIServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def hold_after(self, calls: int) -> None:
+        """Answer the next ``calls`` requests, then hold every later one unanswered until :meth:`release`;
+        :attr:`holding` is set as soon as one is held."""
+        with self._lock:
+            self._gate = threading.Event()
+            self.holding.clear()
+            self._hold_from = self._arrived + calls + 1
+
+    def release(self) -> None:
+        """Let held requests go on (a client that went away meanwhile is recorded as not delivered)
+        and stop holding new ones."""
+        with self._lock:
+            self._hold_from = None
+            self._gate.set()
+
+    async def _wait_if_held(self) -> None:
+        with self._lock:
+            self._arrived += 1
+            held = self._hold_from is not None and self._arrived >= self._hold_from
+            gate = self._gate
+        if held:
+            self.holding.set()
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -280,6 +313,7 @@ class FakeOpenAIServer:
             )
             return
         body = json.loads(b"".join(chunks) or b"{}")
+        await self._wait_if_held()
         role = infer_role(body)
         key = digest(path, body)
         # "Think" for `latency` seconds unless the client hangs up first.
@@ -346,6 +380,7 @@ class FakeOpenAIServer:
         return self
 
     def stop(self) -> None:
+        self.release()  # held requests would keep the server from shutting down
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

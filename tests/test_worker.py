@@ -211,9 +211,13 @@ def test_sigterm_stops_at_a_checkpoint_and_a_killed_worker_resumes(tmp_path: Pat
         config = write_config(tmp_path / "config.yaml", fake.base_url, {**TINY, "concurrency": 2})
 
         # 1. SIGTERM mid-optimization: the worker exits cleanly; the run stays open, checkpointed.
+        # The fake holds the optimizer's 7th call, so the signal arrives while it waits there, in
+        # the optimize stage, however fast or slow the machine runs it.
+        fake.hold_after(6)
         worker = start_worker(home, config)
-        _wait_for(lambda: len(fake.records) >= 6, what="the optimizer's first calls")
+        _wait_for(fake.holding.is_set, what="the optimizer's 7th call")
         worker.send_signal(signal.SIGTERM)
+        fake.release()  # it stops at its next call (about 20 optimize calls remain), checkpointed
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err[-3000:]
         assert "resumes at its checkpoint" in out + err
@@ -224,13 +228,15 @@ def test_sigterm_stops_at_a_checkpoint_and_a_killed_worker_resumes(tmp_path: Pat
             first = store.current_refresh(MODEL)
         assert first is not None and first["stage"] == "optimize"
 
-        # 2. SIGKILL: nothing runs on (the optimizer child dies with the worker).
-        calls_before = len(fake.records)
+        # 2. SIGKILL: nothing runs on (the optimizer child dies with the worker). Killed while the
+        # resumed run's 5th call is held, so it dies mid-run with at most --concurrency calls unanswered.
+        fake.hold_after(4)
         worker = start_worker(home, config)
-        _wait_for(lambda: len(fake.records) >= calls_before + 4, what="the resumed run's calls")
+        _wait_for(fake.holding.is_set, what="the resumed run's 5th call")
         worker.kill()
         worker.communicate(timeout=30)
         _wait_for(lambda: not _children_of_run(run_dir.run_id), timeout=15, what="the optimizer child to die")
+        fake.release()
 
         # 3. A new worker resumes the same run and finishes it; answered calls are not sent again.
         seen = {r.key for r in fake.records if r.delivered}
