@@ -23,7 +23,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,8 +254,9 @@ class FakeOpenAIServer:
         self.phase = "default"
         self.records: list[Served] = []
         self._lock = threading.Lock()
-        self._arrived = 0  # completion requests received so far, held ones included
+        self._arrived = 0  # completion requests (of the held roles) received so far, held ones included
         self._hold_from: int | None = None  # the request number from which requests are held
+        self._hold_roles: frozenset[str] | None = None  # None: requests of every role count and are held
         self._gate = threading.Event()  # set: held requests go on
         self.holding = threading.Event()  # set once a request is being held
         self._thread: threading.Thread | None = None
@@ -266,12 +267,14 @@ class FakeOpenAIServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def hold_after(self, calls: int) -> None:
+    def hold_after(self, calls: int, roles: Collection[str] | None = None) -> None:
         """Answer the next ``calls`` requests, then hold every later one unanswered until :meth:`release`;
-        :attr:`holding` is set as soon as one is held."""
+        :attr:`holding` is set as soon as one is held. With ``roles``, only requests of those roles
+        count and are held (e.g. the optimizer's judge calls, while a proxy's target calls go on)."""
         with self._lock:
             self._gate = threading.Event()
             self.holding.clear()
+            self._hold_roles = None if roles is None else frozenset(roles)
             self._hold_from = self._arrived + calls + 1
 
     def release(self) -> None:
@@ -281,8 +284,10 @@ class FakeOpenAIServer:
             self._hold_from = None
             self._gate.set()
 
-    async def _wait_if_held(self) -> None:
+    async def _wait_if_held(self, role: str) -> None:
         with self._lock:
+            if self._hold_roles is not None and role not in self._hold_roles:
+                return
             self._arrived += 1
             held = self._hold_from is not None and self._arrived >= self._hold_from
             gate = self._gate
@@ -313,8 +318,8 @@ class FakeOpenAIServer:
             )
             return
         body = json.loads(b"".join(chunks) or b"{}")
-        await self._wait_if_held()
         role = infer_role(body)
+        await self._wait_if_held(role)
         key = digest(path, body)
         # "Think" for `latency` seconds unless the client hangs up first.
         delivered = True

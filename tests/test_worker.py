@@ -294,9 +294,13 @@ def test_worker_metrics_count_runs_calls_tokens_and_last_success() -> None:
 
 def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_path: Path) -> None:
     from drpo.child_server import free_port
+    from prompts.defaults import default_artifact
 
     home, port = tmp_path / "home", free_port()
     with FakeOpenAIServer(latency=0.0, model=MODEL, reply=obedient_model) as fake:
+        # The worker's refresh waits at its first judge call until the proxy is serving (the proxy's
+        # own calls are target calls and go on), so the promotion lands in a proxy that is running.
+        fake.hold_after(0, roles={"judge"})
         config = write_config(tmp_path / "config.yaml", fake.base_url, TINY)
         env = {**os.environ, "DRPO_HOME": str(home), "DRPO_STORE_POLL_INTERVAL": "0.5"}
         command = [sys.executable, "-m", "drpo", "serve", "--port", str(port), "--config", str(config)]
@@ -310,15 +314,20 @@ def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_pat
         try:
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            probes: list[tuple[float, str | None]] = []  # (wall-clock time sent, version served)
 
             def served() -> str | None:
+                sent = time.time()
                 try:
-                    return httpx.post(url, json=chat, timeout=5).headers.get("x-drpo-prompt-version")
+                    version = httpx.post(url, json=chat, timeout=5).headers.get("x-drpo-prompt-version")
                 except httpx.HTTPError:
-                    return None
+                    version = None
+                probes.append((sent, version))
+                return None if version is None else str(version)
 
             _wait_for(lambda: served() is not None, what="the proxy")
-            before = served()
+            assert served() == default_artifact().version  # nothing promoted yet: the built-in default
+            fake.release()
 
             def promoted() -> dict[str, Any] | None:
                 with PromptStore(home / "store") as store:
@@ -327,9 +336,18 @@ def test_serve_with_worker_serves_the_promoted_version_without_a_restart(tmp_pat
 
             _wait_for(lambda: promoted() is not None, timeout=180, what="the worker's promotion")
             run = promoted()
-            assert run is not None and run["candidate"] != before
-            _wait_for(lambda: served() == run["candidate"], timeout=2.0, what="the proxy to serve the new version")
+            assert run is not None and run["candidate"] != default_artifact().version
+            _wait_for(lambda: served() == run["candidate"], timeout=30, what="the proxy to serve the new version")
+            with PromptStore(home / "store") as store:
+                activation = store.history(MODEL)[-1]
+            assert activation["action"] == "promote" and activation["version"] == run["candidate"]
+            # The promise: served within 2 s of the activation. Timed from the store's record, not from
+            # when this test noticed it: a request sent more than 2 s later must not get the old version.
+            activated_at = datetime.fromisoformat(activation["at"]).timestamp()
+            late = [sent - activated_at for sent, v in probes if sent > activated_at + 2.0 and v != run["candidate"]]
+            assert not late, f"{len(late)} requests got the old version, the first {late[0] if late else 0:.1f} s after"
         finally:
+            fake.release()
             serve.send_signal(signal.SIGTERM)
             output, _ = serve.communicate(timeout=60)
     assert serve.returncode == 0, output[-3000:]
