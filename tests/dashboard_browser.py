@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.integration import unavailable
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -42,20 +42,13 @@ def artifacts_dir() -> Path:
     return where
 
 
-def _unavailable(reason: str) -> None:
-    if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but {reason}")
-    pytest.skip(reason)
-
-
 def require_chromium() -> str:
     """The Chromium executable, after checking Playwright is there too (else skip, or fail when required)."""
     executable = chromium_path()
     if executable is None:
-        _unavailable("Chromium is not installed (apt-get install chromium chromium-driver)")
+        unavailable("Chromium is not installed (apt-get install chromium chromium-driver)")
     if importlib.util.find_spec("playwright") is None:
-        _unavailable("Playwright for Python is not installed (pip install '.[test]')")
-    assert executable is not None
+        unavailable("Playwright for Python is not installed (pip install '.[test]')")
     return executable
 
 

@@ -6,7 +6,6 @@ mounted or not, private reading with client keys, login, the session cookie, for
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -179,39 +178,31 @@ def test_missing_things_are_404_and_run_ids_cannot_leave_the_runs_dir(
     assert admin_server.get("/ui/static/dashboard.css").headers["content-type"].startswith("text/css")
 
 
-def test_with_a_shared_registry_a_change_made_on_one_replica_reaches_the_other(tmp_path: Path) -> None:
-    try:
-        redis_server = RedisServer(tmp_path)
-    except FileNotFoundError as exc:
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but {exc}")
-        pytest.skip(str(exc))
-    redis_server.start()
+def test_with_a_shared_registry_a_change_made_on_one_replica_reaches_the_other(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
     url = redis_server.url
-    try:
-        with PromptStore(tmp_path / "cli", actor="cli:test", registry=Registry.shared(url)) as cli:
-            first = cli.put(make_artifact(MODEL, system_prompt="one"), activate=True).version
-            second = cli.put(make_artifact(MODEL, system_prompt="two")).version
-        overrides = {"admin_key": ADMIN_KEY, "registry_url": url}
-        with (
-            _serve(tmp_path / "r1", **overrides) as one,
-            _serve(tmp_path / "r2", **overrides) as two,
-            httpx.Client(base_url=one.url) as c,
-        ):
-            _login(c, ADMIN_KEY)
-            token = _form_token(c.get("/ui/model", params={"model": MODEL}).text)
-            assert c.post("/ui/activate", data={"model": MODEL, "version": second, "csrf": token}).status_code == 303
-            deadline = time.monotonic() + PROPAGATION_WAIT
-            while _served_by(two.url) != second and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert _served_by(two.url) == second and first != second
+    with PromptStore(tmp_path / "cli", actor="cli:test", registry=Registry.shared(url)) as cli:
+        first = cli.put(make_artifact(MODEL, system_prompt="one"), activate=True).version
+        second = cli.put(make_artifact(MODEL, system_prompt="two")).version
+    overrides = {"admin_key": ADMIN_KEY, "registry_url": url}
+    with (
+        _serve(tmp_path / "r1", **overrides) as one,
+        _serve(tmp_path / "r2", **overrides) as two,
+        httpx.Client(base_url=one.url) as c,
+    ):
+        _login(c, ADMIN_KEY)
+        token = _form_token(c.get("/ui/model", params={"model": MODEL}).text)
+        assert c.post("/ui/activate", data={"model": MODEL, "version": second, "csrf": token}).status_code == 303
+        deadline = time.monotonic() + PROPAGATION_WAIT
+        while _served_by(two.url) != second and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _served_by(two.url) == second and first != second
 
-            redis_server.stop()  # a change while Redis is down is refused, not made on one copy only
-            refused = c.post("/ui/rollback", data={"model": MODEL, "csrf": token})
-            assert refused.status_code == 503
-            assert _served_by(one.url) == _served_by(two.url) == second
-    finally:
-        redis_server.stop()
+        redis_server.stop()  # a change while Redis is down is refused, not made on one copy only
+        refused = c.post("/ui/rollback", data={"model": MODEL, "csrf": token})
+        assert refused.status_code == 503
+        assert _served_by(one.url) == _served_by(two.url) == second
 
 
 def _served_by(base: str) -> str | None:

@@ -25,7 +25,7 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jsonschema
 import pytest
@@ -34,6 +34,7 @@ import yaml
 from drpo.worker_metrics import WorkerMetrics
 from prompts.config import load_config_file
 from proxy.metrics import Metrics
+from tests.integration import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -53,10 +54,8 @@ REQUIRED_COMPOSE_VARS = {
 COMMON_SERVICES = {"proxy", "worker", "redis", "prometheus", "grafana"}
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-        pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but {what} is not installed (pip install -e '.[dev]')")
-    pytest.skip(f"{what} is not installed (pip install -e '.[dev]')")
+def _missing(what: str) -> NoReturn:
+    unavailable(f"{what} is not installed (pip install -e '.[dev]')")
 
 
 def _tool(name: str) -> str:

