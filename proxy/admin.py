@@ -28,7 +28,7 @@ from prompts.registry import Registry
 from prompts.served import artifact_by_spec
 from prompts.store import PromptStore
 from proxy.auth import bearer_token, matches_any
-from proxy.auth_throttle import AuthThrottle, client_address
+from proxy.auth_throttle import AuthThrottle, TooManyGuesses
 from proxy.jobs import Job, JobBusy, JobRunner
 
 
@@ -145,17 +145,15 @@ def create_admin_app(
     guesses = throttle or AuthThrottle()
 
     def authorised(request: Request) -> None:
-        client = client_address(request.client)
-        wait = guesses.retry_after(client)
-        if wait:
-            message = f"Too many wrong admin keys from this address; try again in {wait} s"
-            raise _AdminError(429, message, "rate_limit_error", {"retry-after": str(wait)})
         token = bearer_token(request.headers.get("authorization", "").encode() or None)
-        if not matches_any(token, expected):
-            guesses.failed(client)
+        try:
+            accepted = guesses.check(request.client, lambda: matches_any(token, expected) or None)
+        except TooManyGuesses as exc:
+            message = f"Too many wrong admin keys from this address; try again in {exc.retry_after} s"
+            raise _AdminError(429, message, "rate_limit_error", {"retry-after": str(exc.retry_after)}) from None
+        if accepted is None:
             challenge = {"www-authenticate": "Bearer"}
             raise _AdminError(401, "Missing or incorrect admin key", "authentication_error", challenge)
-        guesses.succeeded(client)
 
     @contextmanager
     def store() -> Iterator[PromptStore]:

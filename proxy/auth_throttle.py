@@ -18,9 +18,20 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_LIMIT = 10
 DEFAULT_WINDOW_S = 60.0
+
+
+class TooManyGuesses(Exception):
+    """The address made too many wrong guesses; ``retry_after`` whole seconds until it may try again."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many wrong keys; retry in {retry_after} s")
+        self.retry_after = retry_after
 
 
 class AuthThrottle:
@@ -38,6 +49,21 @@ class AuthThrottle:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         # Sync FastAPI dependencies run in a thread pool, async handlers on the loop: guard both.
         self._lock = threading.Lock()
+
+    def check(self, peer: tuple[str, int] | None, accept: Callable[[], T | None]) -> T | None:
+        """``accept()`` (what a key opens, None for a wrong key), counted for ``peer``'s address.
+
+        Raises :class:`TooManyGuesses` without calling ``accept`` while the address is blocked."""
+        client = client_address(peer)
+        wait = self.retry_after(client)
+        if wait:
+            raise TooManyGuesses(wait)
+        accepted = accept()
+        if accepted is None:
+            self.failed(client)
+        else:
+            self.succeeded(client)
+        return accepted
 
     def retry_after(self, client: str) -> int:
         """Whole seconds until ``client`` may try again; 0 when it may try now."""

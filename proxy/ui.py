@@ -33,7 +33,7 @@ from prompts.diff import artifact_diff
 from prompts.errors import ArtifactNotFound, NothingToRollBack, PromptsError, RegistryConflict, RegistryUnavailable
 from prompts.served import served_artifact
 from prompts.store import PromptStore
-from proxy.auth_throttle import AuthThrottle, client_address
+from proxy.auth_throttle import AuthThrottle, TooManyGuesses
 from proxy.jobs import JobBusy, JobRunner
 from proxy.ui_charts import bar_chart, line_chart
 from proxy.ui_data import (
@@ -145,17 +145,11 @@ def create_ui_app(
 
     def checked(request: Request, role_of: Callable[[], Role | None]) -> Role | None:
         """A key's role, counting wrong keys per client address; 429 once there were too many."""
-        client = client_address(request.client)
-        wait = guesses.retry_after(client)
-        if wait:
-            message = f"Too many wrong keys from this address. Try again in {wait} s."
-            raise _PageError(429, message, {"retry-after": str(wait)})
-        role = role_of()
-        if role is None:
-            guesses.failed(client)
-        else:
-            guesses.succeeded(client)
-        return role
+        try:
+            return guesses.check(request.client, role_of)
+        except TooManyGuesses as exc:
+            message = f"Too many wrong keys from this address. Try again in {exc.retry_after} s."
+            raise _PageError(429, message, {"retry-after": str(exc.retry_after)}) from None
 
     def viewer(request: Request) -> Viewer:
         # Worked out once per request: a wrong bearer key counts as one guess, not one per lookup.
